@@ -1,0 +1,316 @@
+'use strict';
+// Publisher SDK for sse-gateway: a thin promise-based wrapper around the generated
+// `ssegateway.v1.Publisher` client (@grpc/grpc-js + @grpc/proto-loader, types in generated/).
+//
+// One mTLS channel per Publisher, reused by every call; a deadline on every call (default 5 s).
+// A failed publish resolves to a result with `ok: false` (and is logged), so publishing never
+// breaks the caller's own work - unless `strict: true`, then the promise rejects with a PublishError.
+
+const fs = require('node:fs');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const VERSION = require('./package.json').version;
+const DEFAULT_ADDR = 'localhost:50051';
+const DEFAULT_TIMEOUT_MS = 5000;
+
+const PROTO_ROOT = path.join(__dirname, 'proto');
+const PROTO_FILE = 'ssegateway/v1/gateway.proto';
+// Must match the options sdk-gen/generate passes to proto-loader-gen-types, or the generated
+// TypeScript types would not describe the loaded messages.
+const LOADER_OPTIONS = Object.freeze({
+  keepCase: false,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [PROTO_ROOT],
+});
+
+// A channel segment (SPEC section 3); the helpers check ids so that an id holding ':' can never
+// address another channel than the one the helper names.
+const SEGMENT = /^[A-Za-z0-9_.@-]{1,128}$/;
+
+const STATUS_NAMES = Object.fromEntries(
+  Object.entries(grpc.status).filter(([, v]) => typeof v === 'number').map(([k, v]) => [v, k]),
+);
+
+let loaded = null;
+/** Loads the proto (once) and returns the `ssegateway` package object (typed as ProtoGrpcType). */
+function loadGrpcPackage() {
+  if (!loaded) {
+    const def = protoLoader.loadSync(PROTO_FILE, LOADER_OPTIONS);
+    loaded = grpc.loadPackageDefinition(def);
+  }
+  return loaded;
+}
+
+class ConfigError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+class PublishError extends Error {
+  /**
+   * @param {string} code gRPC status name, e.g. 'PERMISSION_DENIED'
+   * @param {string} message what is wrong
+   * @param {string} [channel]
+   */
+  constructor(code, message, channel) {
+    super(`${code}: ${message}${channel ? ` (${channel})` : ''}`);
+    this.name = 'PublishError';
+    this.code = code;
+    this.details = message;
+    this.channel = channel || '';
+    this.grpcCode = typeof grpc.status[code] === 'number' ? grpc.status[code] : grpc.status.UNKNOWN;
+  }
+}
+
+function readPem(value, what, env) {
+  if (value === undefined || value === null || value === '') return null;
+  if (Buffer.isBuffer(value)) return value;
+  if (value instanceof Uint8Array) return Buffer.from(value);
+  const text = String(value);
+  if (text.trimStart().startsWith('-----BEGIN')) return Buffer.from(text);
+  try {
+    return fs.readFileSync(text);
+  } catch (e) {
+    throw new ConfigError(`cannot read the ${what} file '${text}' (option or $${env}): ${e.code || e.message}`);
+  }
+}
+
+function segment(value, what) {
+  const text = String(value);
+  if (!SEGMENT.test(text)) {
+    throw new PublishError(
+      'INVALID_ARGUMENT',
+      `${what} '${text}' is not a valid channel segment ([A-Za-z0-9_.@-], 1 to 128 characters)`,
+    );
+  }
+  return text;
+}
+
+function toAudience(a) {
+  if (a === undefined || a === null) return null;
+  if (typeof a !== 'object' || Array.isArray(a)) {
+    throw new PublishError('INVALID_ARGUMENT', 'audience must be an object { userIds?: string[], roles?: string[] }');
+  }
+  const userIds = a.userIds ?? a.user_ids ?? [];
+  const roles = a.roles ?? [];
+  if (!Array.isArray(userIds) || !Array.isArray(roles)) {
+    throw new PublishError('INVALID_ARGUMENT', 'audience userIds and roles must be arrays of strings');
+  }
+  return { userIds: userIds.map(String), roles: roles.map(String) };
+}
+
+function fromServiceError(err) {
+  if (err && typeof err.code === 'number') {
+    return new PublishError(STATUS_NAMES[err.code] || 'UNKNOWN', err.details || err.message);
+  }
+  return new PublishError('INTERNAL', err && err.message ? err.message : String(err));
+}
+
+const defaultLogger = { warn: (msg) => console.warn(msg) };
+
+class Publisher {
+  /**
+   * @param {import('./index').PublisherOptions} [options]
+   */
+  constructor(options = {}) {
+    const env = process.env;
+    this.addr = options.addr || env.SSE_GATEWAY_ADDR || DEFAULT_ADDR;
+    if (/^[a-z]+:\/\//i.test(this.addr)) {
+      throw new ConfigError(`addr '${this.addr}': give host:port, without a scheme`);
+    }
+    const ca = options.ca ?? env.SSE_GATEWAY_CA;
+    const cert = options.cert ?? env.SSE_GATEWAY_CERT;
+    const key = options.key ?? env.SSE_GATEWAY_KEY;
+    if (!cert || !key) {
+      throw new ConfigError(
+        'the gateway requires a client certificate: pass { cert, key } (PEM files or contents) ' +
+          'or set $SSE_GATEWAY_CERT and $SSE_GATEWAY_KEY',
+      );
+    }
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!(typeof timeoutMs === 'number' && timeoutMs > 0)) {
+      throw new ConfigError('timeoutMs must be a positive number of milliseconds');
+    }
+    this.timeoutMs = timeoutMs;
+    this.strict = Boolean(options.strict);
+    this.logger = options.logger === undefined ? defaultLogger : options.logger;
+    this._stringify = options.jsonStringify || JSON.stringify;
+
+    const credentials = grpc.credentials.createSsl(
+      readPem(ca, 'CA certificate', 'SSE_GATEWAY_CA'),
+      readPem(key, 'client key', 'SSE_GATEWAY_KEY'),
+      readPem(cert, 'client certificate', 'SSE_GATEWAY_CERT'),
+    );
+    const channelOptions = { 'grpc.primary_user_agent': `sse-gateway-sdk-node/${VERSION}` };
+    const serverName = options.serverName || env.SSE_GATEWAY_SERVER_NAME;
+    if (serverName) {
+      channelOptions['grpc.ssl_target_name_override'] = serverName;
+      channelOptions['grpc.default_authority'] = serverName;
+    }
+    Object.assign(channelOptions, options.channelOptions || {});
+    const { Publisher: PublisherClient } = loadGrpcPackage().ssegateway.v1;
+    /** The generated client (typed PublisherClient), e.g. for PublishStream. */
+    this.client = new PublisherClient(this.addr, credentials, channelOptions);
+    this._closed = false;
+  }
+
+  /**
+   * Publishes `data` (any JSON-serialisable value) on `channel`.
+   * @returns {Promise<import('./index').PublishResult>}
+   */
+  async publish(channel, data, options = {}) {
+    const strict = options.strict ?? this.strict;
+    try {
+      const req = this._request(channel, data, options);
+      const res = await this._call('publish', req, options.timeoutMs);
+      return okResult(channel, res);
+    } catch (err) {
+      return this._failed(err, channel, strict);
+    }
+  }
+
+  /**
+   * Publishes up to 1000 events in order, all or none.
+   * @returns {Promise<import('./index').BatchResult>}
+   */
+  async publishBatch(events, options = {}) {
+    const strict = options.strict ?? this.strict;
+    let n;
+    try {
+      if (!events || typeof events[Symbol.iterator] !== 'function') {
+        throw new PublishError('INVALID_ARGUMENT', 'events must be an array of { channel, data, event?, ... }');
+      }
+      const reqs = Array.from(events, (ev, i) => {
+        if (!ev || typeof ev !== 'object') {
+          throw new PublishError('INVALID_ARGUMENT', `batch event ${i}: expected an object { channel, data, ... }`);
+        }
+        try {
+          return this._request(ev.channel, ev.data, ev);
+        } catch (e) {
+          if (e instanceof PublishError) throw new PublishError(e.code, `batch event ${i}: ${e.details}`, e.channel);
+          throw e;
+        }
+      });
+      n = reqs.length;
+      const res = await this._call('publishBatch', { events: reqs }, options.timeoutMs);
+      return {
+        ok: true,
+        results: res.results.map((r, i) => okResult(reqs[i].channel, r)),
+        code: 'OK',
+        message: '',
+      };
+    } catch (err) {
+      const e = err instanceof PublishError ? err : this._unexpected(err);
+      if (strict) throw e;
+      this._warn(`publishBatch of ${n === undefined ? 'events' : `${n} events`} failed: ${e.code}: ${e.details}`);
+      return { ok: false, results: [], code: e.code, message: e.details };
+    }
+  }
+
+  /**
+   * Publishes a workflow log line on `logs:{workspaceId}:{workflowId}` (event "log");
+   * `workflowId` null/undefined publishes on `logs:{workspaceId}`.
+   */
+  async publishLog(workspaceId, workflowId, data, options = {}) {
+    let channel;
+    try {
+      const ws = segment(workspaceId, 'workspaceId');
+      channel = workflowId === undefined || workflowId === null ? `logs:${ws}` : `logs:${ws}:${segment(workflowId, 'workflowId')}`;
+    } catch (err) {
+      return this._failed(err, '', options.strict ?? this.strict);
+    }
+    return this.publish(channel, data, { event: 'log', ...options });
+  }
+
+  /** Publishes a metric sample on `metrics:{workspaceId}` (event "metric"). */
+  async publishMetric(workspaceId, data, options = {}) {
+    let channel;
+    try {
+      channel = `metrics:${segment(workspaceId, 'workspaceId')}`;
+    } catch (err) {
+      return this._failed(err, '', options.strict ?? this.strict);
+    }
+    return this.publish(channel, data, { event: 'metric', ...options });
+  }
+
+  /** Closes the gRPC channel; later publishes fail with FAILED_PRECONDITION. */
+  async close() {
+    if (!this._closed) {
+      this._closed = true;
+      this.client.close();
+    }
+  }
+
+  _request(channel, data, options) {
+    if (typeof channel !== 'string' || channel === '') {
+      throw new PublishError('INVALID_ARGUMENT', `channel must be a non-empty string, not ${JSON.stringify(channel)}`);
+    }
+    let text;
+    try {
+      text = this._stringify(data);
+    } catch (e) {
+      throw new PublishError('INVALID_ARGUMENT', `data is not JSON-serialisable: ${e.message}`, channel);
+    }
+    if (typeof text !== 'string') {
+      throw new PublishError('INVALID_ARGUMENT', `data is not JSON-serialisable: ${typeof data}`, channel);
+    }
+    return {
+      channel,
+      data: text,
+      event: options.event || '',
+      idempotencyKey: options.idempotencyKey || '',
+      audience: toAudience(options.audience),
+    };
+  }
+
+  _call(method, req, timeoutMs) {
+    if (this._closed) {
+      return Promise.reject(new PublishError('FAILED_PRECONDITION', 'the publisher is closed'));
+    }
+    const deadline = new Date(Date.now() + (timeoutMs ?? this.timeoutMs));
+    return new Promise((resolve, reject) => {
+      this.client[method](req, { deadline }, (err, res) => (err ? reject(fromServiceError(err)) : resolve(res)));
+    });
+  }
+
+  _unexpected(err) {
+    if (this._closed) return new PublishError('FAILED_PRECONDITION', 'the publisher is closed');
+    return new PublishError('INTERNAL', err && err.message ? err.message : String(err));
+  }
+
+  _failed(err, channel, strict) {
+    const e = err instanceof PublishError ? err : this._unexpected(err);
+    if (!e.channel && channel) e.channel = channel;
+    if (strict) throw e;
+    this._warn(`publish to '${e.channel}' failed: ${e.code}: ${e.details}`);
+    return { ok: false, channel: e.channel, id: '', delivered: 0, duplicate: false, code: e.code, message: e.details };
+  }
+
+  _warn(msg) {
+    if (this.logger && typeof this.logger.warn === 'function') this.logger.warn(`sse-gateway ${msg}`);
+  }
+}
+
+function okResult(channel, res) {
+  return { ok: true, channel, id: res.id, delivered: res.delivered, duplicate: res.duplicate, code: 'OK', message: '' };
+}
+
+module.exports = {
+  Publisher,
+  PublishError,
+  ConfigError,
+  loadGrpcPackage,
+  DEFAULT_ADDR,
+  DEFAULT_TIMEOUT_MS,
+  LOADER_OPTIONS,
+  PROTO_ROOT,
+  PROTO_FILE,
+  VERSION,
+};
