@@ -1,0 +1,165 @@
+/** One event published into a channel, as delivered on the SSE stream (SPEC section 5). */
+export interface SSEMessage<T = unknown> {
+  /** Concrete channel name, e.g. `logs:demo:etl-1`. */
+  channel: string;
+  /** Event type given by the publisher (`message` when it gave none). */
+  event: string;
+  /** Opaque cursor; strictly increasing in the order this connection receives events. */
+  id: string;
+  /** Gateway accept time, ms since the epoch. */
+  ts: number;
+  /** The published JSON value. */
+  payload: T;
+}
+
+/**
+ * - `idle`: nothing subscribed yet, no connection attempted.
+ * - `connecting`: first connection in progress.
+ * - `open`: the stream is up (the gateway sent `ready`).
+ * - `reconnecting`: the stream dropped (or the token expired); a new one is being opened.
+ * - `closed`: `close()` was called.
+ */
+export type ConnectionStatus = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+/**
+ * How this tab takes part in the one-connection-per-browser scheme.
+ * - `standalone`: this tab holds its own connection (no Web Locks / BroadcastChannel, or sharing disabled).
+ * - `leader`: this tab holds the browser's connection and fans events out to the other tabs.
+ * - `follower`: another tab holds the connection; events arrive over a BroadcastChannel.
+ * - `pending`: not started yet.
+ */
+export type TabRole = 'pending' | 'standalone' | 'leader' | 'follower';
+
+export interface DeniedChannel {
+  channel: string;
+  reason: string;
+}
+
+export interface GapInfo {
+  /** Channels for which events may have been missed: re-fetch their state. */
+  channels: string[];
+  /** Local time (ms) the gap was reported. */
+  at: number;
+}
+
+export interface ReadyInfo {
+  connection_id: string;
+  channels: string[];
+  denied: DeniedChannel[];
+}
+
+export interface SubscriptionsInfo {
+  channels: string[];
+  denied: DeniedChannel[];
+}
+
+/** A snapshot of the client's connection, as seen from this tab. */
+export interface SSEState {
+  status: ConnectionStatus;
+  role: TabRole;
+  /** Gateway connection id (from `ready`) of the browser's one connection. */
+  connectionId: string | null;
+  /** Channels the gateway granted on the connection (all tabs together). */
+  channels: string[];
+  /** Channels that were refused (by the gateway, or locally as malformed). */
+  denied: DeniedChannel[];
+  /** Last error worth showing, or null. */
+  error: string | null;
+  /** Consecutive failed attempts since the last successful `ready`. */
+  attempt: number;
+  /** How many EventSource objects this tab has opened (for diagnostics and tests). */
+  connects: number;
+  /** How many tabs share the connection (1 when standalone). */
+  tabs: number;
+}
+
+export type TokenReason = 'initial' | 'expired' | 'unauthorized';
+
+/** Returns the app's current JWT. Called again with `expired` / `unauthorized` when a fresh one is needed. */
+export type TokenProvider = (ctx: { reason: TokenReason }) => string | Promise<string>;
+
+export interface BackoffOptions {
+  /** First retry delay, ms (default 1000). */
+  initialMs: number;
+  /** Ceiling, ms (default 30000). */
+  maxMs: number;
+  /** Growth per attempt (default 2). */
+  factor: number;
+  /** 0..1: share of the delay that is randomised (default 0.5). */
+  jitter: number;
+}
+
+export interface EventSourceLike {
+  readonly readyState: number;
+  onmessage: ((ev: MessageEvent) => unknown) | null;
+  onerror: ((ev: Event) => unknown) | null;
+  onopen: ((ev: Event) => unknown) | null;
+  addEventListener(type: string, listener: (ev: MessageEvent) => void): void;
+  close(): void;
+}
+
+export type EventSourceCtor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike;
+
+export interface BroadcastChannelLike {
+  postMessage(message: unknown): void;
+  close(): void;
+  onmessage: ((ev: MessageEvent) => unknown) | null;
+}
+
+export type BroadcastChannelCtor = new (name: string) => BroadcastChannelLike;
+
+export interface LockManagerLike {
+  request(
+    name: string,
+    options: { mode?: 'exclusive' | 'shared'; signal?: AbortSignal },
+    callback: (lock: unknown) => Promise<unknown> | unknown,
+  ): Promise<unknown>;
+}
+
+export type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
+
+export interface SSEClientOptions {
+  /** Gateway base URL, e.g. `https://rt.example.com`. Default: this page's origin. */
+  url?: string;
+  /** The app's token provider (JWT). */
+  getToken: TokenProvider;
+  /** Endpoint paths (defaults: `/api/sse`, `/api/sse/session`, `/api/sse/subscriptions`). */
+  paths?: { sse?: string; session?: string; subscriptions?: string };
+  /** Reconnect backoff. */
+  backoff?: Partial<BackoffOptions>;
+  /** Share one connection between all tabs of this origin (default true, when the browser can). */
+  shareAcrossTabs?: boolean;
+  /** Name of the Web Lock / BroadcastChannel used for sharing (default derived from the gateway URL). */
+  shareKey?: string;
+  /** Send cookies with the EventSource (default true: the session cookie authenticates it). */
+  withCredentials?: boolean;
+  /** Follower heartbeat period, ms (default 5000); a follower silent for 3 periods is dropped by the leader. */
+  tabHeartbeatMs?: number;
+  /** Injection points (tests, non-browser hosts). */
+  fetch?: FetchLike;
+  EventSource?: EventSourceCtor;
+  BroadcastChannel?: BroadcastChannelCtor | null;
+  locks?: LockManagerLike | null;
+  random?: () => number;
+  /** Debug logging. */
+  log?: (...args: unknown[]) => void;
+}
+
+export type MessageHandler<T = unknown> = (message: SSEMessage<T>) => void;
+
+export interface SubscribeOptions {
+  /** Called when the gateway reports a gap on one of these channels (re-fetch state). */
+  onGap?: (gap: GapInfo) => void;
+  /** Called when one of these channels is denied. */
+  onDenied?: (denied: DeniedChannel[]) => void;
+}
+
+export interface ClientEvents {
+  message: SSEMessage;
+  gap: GapInfo;
+  denied: DeniedChannel[];
+  expired: { at: number };
+  ready: ReadyInfo;
+  subscriptions: SubscriptionsInfo;
+  state: SSEState;
+}

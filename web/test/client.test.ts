@@ -1,0 +1,497 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { SSEClient } from '../src/client.js';
+import { getSharedClient, retainSharedClient } from '../src/shared.js';
+import type { DeniedChannel, GapInfo, SSEMessage } from '../src/types.js';
+import { baseOptions, FakeBroadcastChannel, FakeEventSource, FakeGateway, FakeLocks } from './fakes.js';
+
+let gw: FakeGateway;
+const clients: SSEClient[] = [];
+function client(extra = {}): SSEClient {
+  const c = new SSEClient(baseOptions(gw, extra));
+  clients.push(c);
+  return c;
+}
+
+/** Run timers/microtasks until `cond` holds (fake clock), or fail. */
+async function until(cond: () => boolean, what = 'condition', maxMs = 60000): Promise<void> {
+  for (let t = 0; t <= maxMs; t += 10) {
+    if (cond()) return;
+    await vi.advanceTimersByTimeAsync(10);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+beforeEach(() => {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
+  FakeEventSource.reset();
+  gw = new FakeGateway();
+});
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close();
+  vi.useRealTimers();
+});
+
+async function connected(c: SSEClient, id = 'conn-1'): Promise<FakeEventSource> {
+  await until(() => FakeEventSource.instances.length > 0 && !FakeEventSource.latest().closed, 'EventSource');
+  const es = FakeEventSource.latest();
+  gw.accept(es, id);
+  await until(() => c.getState().status === 'open', 'open');
+  return es;
+}
+
+describe('SSEClient: one connection, routing', () => {
+  it('exchanges the token for the cookie, then opens ONE EventSource for all subscribers', async () => {
+    const c = client();
+    const got: Record<string, string[]> = { a: [], b: [], c: [] };
+    c.subscribe('logs:demo:etl-1', (m) => got.a.push(m.id));
+    c.subscribe(['workflow:demo:wf-1'], (m) => got.b.push(m.id));
+    c.subscribe('metrics:demo', (m) => got.c.push(m.id));
+    const es = await connected(c);
+
+    expect(FakeEventSource.instances).toHaveLength(1);
+    expect(es.channels).toEqual(['logs:demo:etl-1', 'metrics:demo', 'workflow:demo:wf-1']);
+    expect(es.withCredentials).toBe(true);
+    expect(es.url).not.toMatch(/token/);
+    const session = gw.callsTo('/api/sse/session');
+    expect(session).toHaveLength(1);
+    expect(session[0]!.headers.authorization).toBe('Bearer tok-1');
+    expect(session[0]!.credentials).toBe('include');
+
+    es.message('logs:demo:etl-1', '1');
+    es.message('metrics:demo', '2');
+    es.message('workflow:demo:wf-1', '3');
+    es.message('logs:demo:etl-1', '4');
+    expect(got).toEqual({ a: ['1', '4'], b: ['3'], c: ['2'] });
+    expect(c.getLastEventId()).toBe('4');
+    expect(c.getState()).toMatchObject({ status: 'open', role: 'standalone', connectionId: 'conn-1', connects: 1 });
+  });
+
+  it('does not connect before anything is subscribed', async () => {
+    client();
+    await vi.advanceTimersByTimeAsync(100);
+    expect(FakeEventSource.instances).toHaveLength(0);
+    expect(gw.calls).toHaveLength(0);
+  });
+
+  it('passes the payload through and emits a client-wide message event', async () => {
+    const c = client();
+    const all: SSEMessage[] = [];
+    c.on('message', (m) => all.push(m));
+    let got: SSEMessage | null = null;
+    c.subscribe<{ msg: string }>('logs:demo:etl-1', (m) => (got = m));
+    const es = await connected(c);
+    es.message('logs:demo:etl-1', '7', { msg: 'hi' }, 'log');
+    expect(got).toMatchObject({ channel: 'logs:demo:etl-1', id: '7', event: 'log', payload: { msg: 'hi' } });
+    expect(all).toHaveLength(1);
+    es.emit('message', 'not json', '8');
+    expect(all).toHaveLength(1);
+  });
+});
+
+describe('SSEClient: live subscription changes (no reconnect)', () => {
+  it('adds a channel via POST /api/sse/subscriptions with the connection id and Bearer token', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    const es = await connected(c);
+    const got: string[] = [];
+    c.subscribe('dashboards:main', (m) => got.push(m.id));
+    await until(() => gw.callsTo('/api/sse/subscriptions').length === 1, 'subscriptions POST');
+    const call = gw.callsTo('/api/sse/subscriptions')[0]!;
+    expect(call.body).toEqual({ connection_id: 'conn-1', add: ['dashboards:main'], remove: [] });
+    expect(call.headers.authorization).toBe('Bearer tok-1');
+    await until(() => c.getState().channels.includes('dashboards:main'), 'granted');
+    es.message('dashboards:main', '1');
+    expect(got).toEqual(['1']);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    expect(es.closed).toBe(false);
+  });
+
+  it('removes a channel when its last subscriber leaves (ref-counted), and never leaks', async () => {
+    const c = client();
+    const off1 = c.subscribe('metrics:demo', () => {});
+    const off2 = c.subscribe('metrics:demo', () => {});
+    const offLogs = c.subscribe('logs:demo:etl-1', () => {});
+    await connected(c);
+    off1();
+    await vi.advanceTimersByTimeAsync(50);
+    expect(gw.callsTo('/api/sse/subscriptions')).toHaveLength(0);
+    off2();
+    await until(() => gw.callsTo('/api/sse/subscriptions').length === 1, 'remove POST');
+    expect(gw.callsTo('/api/sse/subscriptions')[0]!.body).toMatchObject({ add: [], remove: ['metrics:demo'] });
+    offLogs();
+    await until(() => gw.callsTo('/api/sse/subscriptions').length === 2, 'second remove');
+    await until(() => c.getState().channels.length === 0, 'no channels');
+    expect(c.channels()).toEqual([]);
+    expect(gw.connections.get('conn-1')!.size).toBe(0);
+    expect(FakeEventSource.instances).toHaveLength(1);
+  });
+
+  it('subscribe + unsubscribe + subscribe in one tick (StrictMode) costs nothing', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    await connected(c);
+    const off = c.subscribe('metrics:demo', () => {});
+    off();
+    const off2 = c.subscribe('metrics:demo', () => {});
+    off2();
+    await vi.advanceTimersByTimeAsync(100);
+    expect(gw.callsTo('/api/sse/subscriptions')).toHaveLength(0);
+  });
+
+  it('batches many changes into one request, and queues changes made while one is in flight', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    await connected(c);
+    c.subscribe('metrics:demo', () => {});
+    c.subscribe('dashboards:main', () => {});
+    await vi.advanceTimersByTimeAsync(0);
+    c.subscribe('workflow:demo:wf-1', () => {});
+    await until(() => c.getState().channels.length === 4, 'all four');
+    const posts = gw.callsTo('/api/sse/subscriptions');
+    expect(posts).toHaveLength(2);
+    expect(posts[0]!.body).toMatchObject({ add: ['dashboards:main', 'metrics:demo'] });
+    expect(posts[1]!.body).toMatchObject({ add: ['workflow:demo:wf-1'] });
+  });
+
+  it('channels subscribed while connecting are sent once ready arrives', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    c.subscribe('metrics:demo', () => {});
+    const es = FakeEventSource.latest();
+    gw.accept(es, 'conn-1'); // ready lists only logs
+    await until(() => c.getState().channels.includes('metrics:demo'), 'metrics added');
+    expect(gw.callsTo('/api/sse/subscriptions')[0]!.body).toMatchObject({ add: ['metrics:demo'] });
+  });
+
+  it('reconnects when the gateway forgot the connection (404), carrying the full list', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    await connected(c);
+    gw.connections.clear();
+    c.subscribe('metrics:demo', () => {});
+    await until(() => FakeEventSource.instances.length === 2, 'new EventSource');
+    expect(FakeEventSource.latest().channels).toEqual(['logs:demo:etl-1', 'metrics:demo']);
+  });
+});
+
+describe('SSEClient: reconnect with backoff, resume by cursor', () => {
+  it('recreates the EventSource with last_event_id and the current channels, after a backoff delay', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    const es = await connected(c);
+    c.subscribe('metrics:demo', () => {});
+    await until(() => c.getState().channels.length === 2, 'added');
+    es.message('logs:demo:etl-1', 'c-41');
+    es.message('metrics:demo', 'c-42');
+    es.fail();
+    expect(es.closed).toBe(true);
+    expect(c.getState().status).toBe('reconnecting');
+    // attempt 0: base 1000, jitter 0.5, random 0.5 -> 750ms
+    await vi.advanceTimersByTimeAsync(700);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    await until(() => FakeEventSource.instances.length === 2, 'second EventSource');
+    const es2 = FakeEventSource.latest();
+    expect(es2.lastEventIdParam).toBe('c-42');
+    expect(es2.channels).toEqual(['logs:demo:etl-1', 'metrics:demo']);
+    gw.accept(es2, 'conn-2');
+    await until(() => c.getState().status === 'open', 'open again');
+    expect(c.getState()).toMatchObject({ connectionId: 'conn-2', attempt: 0, connects: 2 });
+  });
+
+  it('backs off exponentially while the gateway is down, then resets', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    await connected(c);
+    const times: number[] = [];
+    const start = Date.now();
+    for (let i = 0; i < 4; i++) {
+      const n = FakeEventSource.instances.length;
+      FakeEventSource.latest().fail();
+      await until(() => FakeEventSource.instances.length === n + 1, `attempt ${i}`);
+      times.push(Date.now() - start);
+    }
+    const gaps = times.map((t, i) => t - (times[i - 1] ?? 0));
+    // 750, 1500, 3000, 6000 (random fixed at 0.5), measured on a 10ms grid
+    expect(gaps[0]).toBeGreaterThanOrEqual(750);
+    expect(gaps[1]).toBeGreaterThanOrEqual(1500);
+    expect(gaps[2]).toBeGreaterThanOrEqual(3000);
+    expect(gaps[3]).toBeGreaterThanOrEqual(6000);
+    expect(gaps[3]).toBeLessThan(6100);
+    gw.accept(FakeEventSource.latest(), 'c9');
+    await until(() => c.getState().attempt === 0, 'reset');
+  });
+
+  it('a failed session exchange (gateway down) is retried with backoff', async () => {
+    let down = true;
+    const real = gw.fetch;
+    const c = client({
+      fetch: (u: string, i?: RequestInit) => (down ? Promise.reject(new TypeError('network')) : real(u, i)),
+    });
+    c.subscribe('logs:demo:etl-1', () => {});
+    await vi.advanceTimersByTimeAsync(3000);
+    expect(FakeEventSource.instances).toHaveLength(0);
+    expect(c.getState().status).toBe('reconnecting');
+    down = false;
+    await until(() => FakeEventSource.instances.length === 1, 'es after recovery');
+  });
+});
+
+describe('SSEClient: gap, expiry, denial', () => {
+  it('surfaces gap to the app and to the subscriptions concerned', async () => {
+    const c = client();
+    const gaps: GapInfo[] = [];
+    const mine: string[][] = [];
+    c.on('gap', (g) => gaps.push(g));
+    c.subscribe('logs:demo:etl-1', () => {}, { onGap: (g) => mine.push(g.channels) });
+    c.subscribe('metrics:demo', () => {});
+    const es = await connected(c);
+    es.emit('gap', { channels: ['logs:demo:etl-1', 'metrics:demo'] });
+    expect(gaps).toHaveLength(1);
+    expect(gaps[0]!.channels).toEqual(['logs:demo:etl-1', 'metrics:demo']);
+    expect(mine).toEqual([['logs:demo:etl-1']]);
+  });
+
+  it('on expired: asks the token provider, renews the cookie, reconnects from the cursor', async () => {
+    let n = 1;
+    const reasons: string[] = [];
+    const c = client({
+      getToken: ({ reason }: { reason: string }) => {
+        reasons.push(reason);
+        return `tok-${n++}`;
+      },
+    });
+    const expired: number[] = [];
+    c.on('expired', (e) => expired.push(e.at));
+    c.subscribe('logs:demo:etl-1', () => {});
+    const es = await connected(c);
+    await vi.advanceTimersByTimeAsync(5000);
+    es.message('logs:demo:etl-1', 'c-9');
+    es.emit('expired', '{}');
+    expect(es.closed).toBe(true);
+    await until(() => FakeEventSource.instances.length === 2, 'reconnect');
+    expect(reasons).toEqual(['initial', 'expired']);
+    expect(expired).toHaveLength(1);
+    const sessions = gw.callsTo('/api/sse/session');
+    expect(sessions.map((s) => s.headers.authorization)).toEqual(['Bearer tok-1', 'Bearer tok-2']);
+    expect(FakeEventSource.latest().lastEventIdParam).toBe('c-9');
+    gw.accept(FakeEventSource.latest(), 'conn-2');
+    c.subscribe('metrics:demo', () => {});
+    await until(() => gw.callsTo('/api/sse/subscriptions').length === 1, 'post');
+    expect(gw.callsTo('/api/sse/subscriptions')[0]!.headers.authorization).toBe('Bearer tok-2');
+  });
+
+  it('refreshes a token the session endpoint rejects (401) through the provider', async () => {
+    gw.validTokens = new Set(['good']);
+    const reasons: string[] = [];
+    const c = client({
+      getToken: ({ reason }: { reason: string }) => {
+        reasons.push(reason);
+        return reason === 'initial' ? 'stale' : 'good';
+      },
+    });
+    c.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    expect(reasons).toEqual(['initial', 'unauthorized']);
+  });
+
+  it('reports channels denied at connect time and by a live add', async () => {
+    gw.allow = (ch) => !ch.startsWith('metrics:private');
+    const c = client();
+    const denied: DeniedChannel[][] = [];
+    const mine: DeniedChannel[][] = [];
+    c.on('denied', (d) => denied.push(d));
+    c.subscribe('logs:demo:etl-1', () => {});
+    c.subscribe('metrics:private', () => {}, { onDenied: (d) => mine.push(d) });
+    await connected(c);
+    expect(denied).toEqual([[{ channel: 'metrics:private', reason: 'not allowed' }]]);
+    expect(mine).toEqual(denied);
+    expect(c.getState().denied).toEqual([{ channel: 'metrics:private', reason: 'not allowed' }]);
+    c.subscribe('metrics:private:x', () => {});
+    await until(() => denied.length === 2, 'second denial');
+    expect(denied[1]).toEqual([{ channel: 'metrics:private:x', reason: 'not allowed' }]);
+    // A denied channel is not requested again and again
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(gw.callsTo('/api/sse/subscriptions')).toHaveLength(1);
+  });
+
+  it('when every requested channel is refused (403), reports them and connects without them', async () => {
+    gw.allow = () => false;
+    gw.probeStatus = 403;
+    gw.probeBody = JSON.stringify({ error: 'no channel allowed' });
+    const c = client();
+    const denied: DeniedChannel[][] = [];
+    c.on('denied', (d) => denied.push(d));
+    c.subscribe('metrics:private', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    FakeEventSource.latest().fail(true);
+    await until(() => FakeEventSource.instances.length === 2, 'reconnect');
+    expect(denied).toEqual([[{ channel: 'metrics:private', reason: 'no channel allowed' }]]);
+    expect(FakeEventSource.latest().channels).toEqual([]);
+    const probe = gw.callsTo('/api/sse', 'GET');
+    expect(probe).toHaveLength(1);
+  });
+
+  it('marks a malformed channel as denied locally and never sends it', async () => {
+    const c = client();
+    const denied: DeniedChannel[][] = [];
+    c.on('denied', (d) => denied.push(d));
+    c.subscribe(['logs:demo:etl-1', 'Bad Name'], () => {});
+    const es = await connected(c);
+    expect(es.channels).toEqual(['logs:demo:etl-1']);
+    expect(denied[0]![0]!.channel).toBe('Bad Name');
+    expect(denied[0]![0]!.reason).toMatch(/invalid/);
+  });
+
+  it('waits Retry-After on 429', async () => {
+    gw.probeStatus = 429;
+    gw.probeHeaders = { 'Retry-After': '20' };
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    FakeEventSource.latest().fail(true);
+    await vi.advanceTimersByTimeAsync(19000);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    await until(() => FakeEventSource.instances.length === 2, 'after retry-after');
+  });
+
+  it('close() stops everything', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    const es = await connected(c);
+    c.close();
+    expect(es.closed).toBe(true);
+    expect(c.getState().status).toBe('closed');
+    await vi.advanceTimersByTimeAsync(60000);
+    expect(FakeEventSource.instances).toHaveLength(1);
+  });
+});
+
+describe('SSEClient: one connection per browser (tabs)', () => {
+  function tab(locks: FakeLocks, extra = {}): SSEClient {
+    return client({ BroadcastChannel: FakeBroadcastChannel, locks, shareKey: 'k', tabHeartbeatMs: 1000, ...extra });
+  }
+
+  it('tabs elect one leader; followers get their channels over the BroadcastChannel', async () => {
+    const locks = new FakeLocks();
+    const t1 = tab(locks);
+    const t2 = tab(locks);
+    const t3 = tab(locks);
+    const got: Record<string, string[]> = { t1: [], t2: [], t3: [] };
+    t1.subscribe('logs:demo:etl-1', (m) => got.t1.push(m.id));
+    await until(() => FakeEventSource.instances.length === 1, 'leader es');
+    const es = FakeEventSource.latest();
+    gw.accept(es, 'conn-1');
+    t2.subscribe('metrics:demo', (m) => got.t2.push(m.id));
+    t3.subscribe(['metrics:demo', 'dashboards:main'], (m) => got.t3.push(m.id));
+    await until(() => t1.getState().channels.length === 3, 'leader holds all channels');
+    await until(() => t3.getState().status === 'open' && t2.getState().status === 'open', 'followers open');
+    expect(t1.getState()).toMatchObject({ role: 'leader', tabs: 3 });
+    expect(t2.getState()).toMatchObject({ role: 'follower', connectionId: 'conn-1', tabs: 3 });
+    es.message('logs:demo:etl-1', '1');
+    es.message('metrics:demo', '2');
+    es.message('dashboards:main', '3');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(got).toEqual({ t1: ['1'], t2: ['2'], t3: ['2', '3'] });
+    expect(FakeEventSource.instances).toHaveLength(1);
+  });
+
+  it('a follower unsubscribing releases its channel on the leader connection', async () => {
+    const locks = new FakeLocks();
+    const t1 = tab(locks);
+    const t2 = tab(locks);
+    t1.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    gw.accept(FakeEventSource.latest(), 'conn-1');
+    const off = t2.subscribe('metrics:demo', () => {});
+    await until(() => t1.getState().channels.includes('metrics:demo'), 'added');
+    off();
+    await until(() => !t1.getState().channels.includes('metrics:demo'), 'removed');
+  });
+
+  it('a follower that vanishes without saying bye is dropped after missed heartbeats', async () => {
+    const locks = new FakeLocks();
+    const t1 = tab(locks);
+    const t2 = tab(locks);
+    t1.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    gw.accept(FakeEventSource.latest(), 'conn-1');
+    t2.subscribe('metrics:demo', () => {});
+    await until(() => t1.getState().channels.includes('metrics:demo'), 'added');
+    // simulate a crash: the tab's channel goes silent
+    (t2 as unknown as { bc: FakeBroadcastChannel }).bc.close();
+    (t2 as unknown as { bc: null }).bc = null;
+    await until(() => !t1.getState().channels.includes('metrics:demo'), 'dropped', 10000);
+    expect(t1.getState().tabs).toBe(1);
+  });
+
+  it('when the leader closes, another tab takes over and resumes from the cursor with every tab\'s channels', async () => {
+    const locks = new FakeLocks();
+    const t1 = tab(locks);
+    const t2 = tab(locks);
+    const t3 = tab(locks);
+    const got2: string[] = [];
+    const got3: string[] = [];
+    t1.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    const es = FakeEventSource.latest();
+    gw.accept(es, 'conn-1');
+    t2.subscribe('metrics:demo', (m) => got2.push(m.id));
+    t3.subscribe('dashboards:main', (m) => got3.push(m.id));
+    await until(() => t1.getState().channels.length === 3, 'all channels');
+    await until(() => t3.getState().status === 'open', 't3 synced');
+    es.message('metrics:demo', 'c-1');
+    es.message('dashboards:main', 'c-2');
+    es.message('logs:demo:etl-1', 'c-3');
+    await vi.advanceTimersByTimeAsync(0);
+
+    t1.close();
+    await until(() => FakeEventSource.instances.length === 2, 'new leader connects');
+    expect(es.closed).toBe(true);
+    const es2 = FakeEventSource.latest();
+    const leader = t2.getState().role === 'leader' ? t2 : t3;
+    const follower = leader === t2 ? t3 : t2;
+    expect(leader.getState().role).toBe('leader');
+    expect(follower.getState().role).toBe('follower');
+    expect(es2.lastEventIdParam).toBe('c-3');
+    expect(es2.channels).toEqual(['dashboards:main', 'metrics:demo']);
+    gw.accept(es2, 'conn-2');
+    // replay after c-3, then live
+    es2.message('metrics:demo', 'c-4');
+    es2.message('dashboards:main', 'c-5');
+    await until(() => follower.getState().connectionId === 'conn-2', 'follower follows');
+    await vi.advanceTimersByTimeAsync(0);
+    expect(got2).toEqual(['c-1', 'c-4']);
+    expect(got3).toEqual(['c-2', 'c-5']);
+    expect(FakeEventSource.open).toHaveLength(1);
+  });
+
+  it('falls back to one connection per tab without Web Locks', async () => {
+    const a = client({ BroadcastChannel: FakeBroadcastChannel, locks: null });
+    const b = client({ BroadcastChannel: FakeBroadcastChannel, locks: null });
+    a.subscribe('logs:demo:etl-1', () => {});
+    b.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 2, 'two');
+    expect(a.getState().role).toBe('standalone');
+  });
+});
+
+describe('shared client', () => {
+  it('one client per page and gateway, closed when the last user lets go (not on a StrictMode bounce)', async () => {
+    const opts = baseOptions(gw, { shareKey: 'shared-test' });
+    const a = getSharedClient(opts);
+    const b = getSharedClient({ ...opts, getToken: () => 'other' });
+    expect(a).toBe(b);
+    const r1 = retainSharedClient(a);
+    const r2 = retainSharedClient(a);
+    r1();
+    r2();
+    const r3 = retainSharedClient(a); // re-mount before the tick
+    await vi.advanceTimersByTimeAsync(10);
+    expect(a.isClosed).toBe(false);
+    r3();
+    await vi.advanceTimersByTimeAsync(10);
+    expect(a.isClosed).toBe(true);
+    expect(getSharedClient(opts)).not.toBe(a);
+  });
+});
