@@ -1,0 +1,52 @@
+//! `POST`/`DELETE /api/sse/session`: exchange a Bearer token for an HttpOnly cookie, so a page's
+//! `EventSource` authenticates without a token in its URL.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::token::{bearer, COOKIE};
+use crate::app::AppState;
+use crate::error::GatewayError;
+
+/// `POST /api/sse/session`.
+///
+/// # Errors
+/// 401 when the Bearer token is missing or invalid.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let token = bearer(&headers).ok_or_else(|| {
+        GatewayError::Unauthenticated("missing token: send Authorization: Bearer <jwt>".into())
+    })?;
+    let user = state.verifier.verify(token)?;
+    let remaining = user.exp.saturating_sub(crate::event::now_ms() / 1000);
+    let cookie = format!(
+        "{COOKIE}={token}; HttpOnly; Path=/api/sse; SameSite=Lax; Max-Age={remaining}{}",
+        if state.tls { "; Secure" } else { "" }
+    );
+    set_cookie(&cookie)
+}
+
+/// `DELETE /api/sse/session`: clears the cookie.
+///
+/// # Errors
+/// Never in practice.
+pub async fn delete(State(state): State<AppState>) -> Result<Response, GatewayError> {
+    let cookie = format!(
+        "{COOKIE}=; HttpOnly; Path=/api/sse; SameSite=Lax; Max-Age=0{}",
+        if state.tls { "; Secure" } else { "" }
+    );
+    set_cookie(&cookie)
+}
+
+fn set_cookie(cookie: &str) -> Result<Response, GatewayError> {
+    let value = HeaderValue::from_str(cookie)
+        .map_err(|_| GatewayError::InvalidArgument("token is not a valid cookie value".into()))?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(http::header::SET_COOKIE, value);
+    Ok(response)
+}

@@ -1,0 +1,342 @@
+//! `GET /api/sse`: one stream per page carrying every granted channel.
+//!
+//! Order of work for a resume without gap or duplicate: register with the hub first (live events
+//! queue up), then replay history after the client's cursor, then drain the queue skipping what
+//! the replay already covered.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{authenticate, authorize, Denied, TransportKill};
+use crate::app::AppState;
+use crate::channel::ChannelName;
+use crate::error::GatewayError;
+use crate::event::{render_control, Event, Position};
+use crate::hub::{Item, NewConnection, Registration};
+
+/// Events per history page during replay.
+const REPLAY_PAGE: usize = 1000;
+/// Most queued items written in one chunk.
+const COALESCE: usize = 256;
+
+#[derive(Serialize)]
+struct Ready<'a> {
+    connection_id: &'a str,
+    channels: &'a [ChannelName],
+    denied: &'a [Denied],
+}
+
+#[derive(Serialize)]
+struct Gap<'a> {
+    channels: &'a [ChannelName],
+}
+
+/// The query of `/api/sse`.
+#[derive(Default, Debug)]
+struct SseQuery {
+    channels: Vec<String>,
+    last_event_id: Option<String>,
+    access_token: Option<String>,
+}
+
+fn parse_query(raw: Option<&str>) -> Result<SseQuery, GatewayError> {
+    let mut q = SseQuery::default();
+    let Some(raw) = raw else { return Ok(q) };
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        match key.as_ref() {
+            "channels" | "channel" => q.channels.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned),
+            ),
+            "last_event_id" | "lastEventId" => q.last_event_id = Some(value.into_owned()),
+            "access_token" => q.access_token = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// `GET /api/sse`.
+///
+/// # Errors
+/// 401 bad token, 400 malformed channel, 403 every requested channel denied, 429 too many streams.
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    kill: Option<Extension<TransportKill>>,
+) -> Result<Response, GatewayError> {
+    let query = parse_query(raw.as_deref())?;
+    let user = authenticate(&state, &headers, query.access_token.as_deref())?;
+    let mut requested: Vec<ChannelName> = Vec::new();
+    for raw in &query.channels {
+        let name = state.config.channel_types.parse_name(raw)?;
+        if !requested.contains(&name) {
+            requested.push(name);
+        }
+    }
+    let limit = state.config.raw.limits.max_channels_per_connection;
+    if requested.len() > limit {
+        return Err(GatewayError::InvalidArgument(format!(
+            "{} channels requested, over the limit of {limit} per connection",
+            requested.len()
+        )));
+    }
+    let asked = !requested.is_empty();
+    let (granted, denied) = authorize(&state, &user, requested);
+    if asked && granted.is_empty() {
+        let list: Vec<&str> = denied.iter().map(|d| d.channel.as_str()).collect();
+        return Err(GatewayError::PermissionDenied(format!(
+            "not permitted to read any requested channel: {}",
+            list.join(", ")
+        )));
+    }
+    let cursor = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.last_event_id)
+        .filter(|c| !c.is_empty());
+    let sse = &state.config.raw.sse;
+    let (registration, rx) = state.hub.register(NewConnection {
+        sub: user.sub.clone(),
+        roles: user.roles.clone(),
+        channels: granted.clone(),
+        queue_events: sse.queue_events,
+        queue_bytes: sse.queue_bytes,
+        max_per_user: state.config.raw.limits.max_connections_per_user,
+        // Only an HTTP/1.1 connection is ours alone to drop.
+        transport: kill.map(|Extension(k)| k.0),
+    })?;
+    tracing::debug!(connection = %registration.connection.id, sub = %user.sub, channels = granted.len(), "stream opened");
+
+    let mut first = BytesMut::new();
+    first.extend_from_slice(format!("retry: {}\n\n", sse.retry_ms).as_bytes());
+    first.extend_from_slice(&render_control(
+        "ready",
+        &Ready {
+            connection_id: &registration.connection.id,
+            channels: &granted,
+            denied: &denied,
+        },
+    ));
+    let replay = cursor.map(|c| match state.broker.parse_cursor(&c) {
+        Some(pos) => Replay::From(pos),
+        None => Replay::Foreign,
+    });
+    let expires_in = user
+        .exp
+        .saturating_mul(1000)
+        .saturating_sub(crate::event::now_ms());
+    let heartbeat = Duration::from_secs(sse.heartbeat_secs);
+    let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let stream = SseStream {
+        state: state.clone(),
+        registration,
+        rx,
+        first: Some(first.freeze()),
+        replay,
+        covered: None,
+        expires_at: Instant::now() + Duration::from_millis(expires_in),
+        ticker,
+        done: false,
+        user_sub: user.sub,
+        user_roles: user.roles,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
+        s.next_chunk()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
+    }));
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+enum Replay {
+    From(Position),
+    Foreign,
+}
+
+struct SseStream {
+    state: AppState,
+    registration: Registration,
+    rx: mpsc::Receiver<Item>,
+    first: Option<Bytes>,
+    replay: Option<Replay>,
+    /// Events at or before this position were sent by the replay.
+    covered: Option<Position>,
+    expires_at: Instant,
+    ticker: tokio::time::Interval,
+    done: bool,
+    user_sub: String,
+    user_roles: Vec<String>,
+}
+
+impl SseStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        while let Some(replay) = self.replay.take() {
+            let page = self.replay_page(replay).await;
+            if !page.is_empty() {
+                return Some(page);
+            }
+        }
+        loop {
+            match self.live().await {
+                // Every queued event was already replayed: wait for more.
+                Some(chunk) if chunk.is_empty() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// One page of history; leaves `self.replay` set while more remains.
+    async fn replay_page(&mut self, replay: Replay) -> Bytes {
+        let channels = self.registration.connection.channels();
+        let mut out = BytesMut::new();
+        let after = match replay {
+            Replay::Foreign => {
+                out.extend_from_slice(&render_control(
+                    "gap",
+                    &Gap {
+                        channels: &channels,
+                    },
+                ));
+                // Nothing of this log was seen: live events from the registration on.
+                return out.freeze();
+            }
+            Replay::From(pos) => pos,
+        };
+        let set: HashSet<ChannelName> = channels.iter().cloned().collect();
+        match self.state.broker.read_after(after, &set, REPLAY_PAGE).await {
+            Ok(batch) => {
+                if batch.gap && self.covered.is_none() {
+                    out.extend_from_slice(&render_control(
+                        "gap",
+                        &Gap {
+                            channels: &channels,
+                        },
+                    ));
+                }
+                for ev in &batch.events {
+                    if ev.admits(&self.user_sub, &self.user_roles) {
+                        out.extend_from_slice(&ev.frame);
+                    }
+                }
+                self.covered = Some(batch.last.max(after));
+                if !batch.done {
+                    self.replay = Some(Replay::From(batch.last));
+                }
+            }
+            Err(e) => {
+                // The log is unreachable: say so, and continue live.
+                tracing::warn!(error = %e, "replay failed; sending gap");
+                out.extend_from_slice(&render_control(
+                    "gap",
+                    &Gap {
+                        channels: &channels,
+                    },
+                ));
+            }
+        }
+        out.freeze()
+    }
+
+    fn render(&self, items: &mut Vec<Item>, out: &mut BytesMut) {
+        let conn = &self.registration.connection;
+        for item in items.drain(..) {
+            conn.dequeued(&item);
+            match item {
+                Item::Event(ev) => {
+                    if self.covered.is_some_and(|c| ev.position <= c) {
+                        continue;
+                    }
+                    self.write_event(&ev, out);
+                }
+                Item::Control(bytes) => out.extend_from_slice(&bytes),
+            }
+        }
+    }
+
+    fn write_event(&self, ev: &Arc<Event>, out: &mut BytesMut) {
+        out.extend_from_slice(&ev.frame);
+        self.state
+            .metrics
+            .publish_to_write_seconds
+            .observe(ev.accepted_at.elapsed().as_secs_f64());
+    }
+
+    async fn live(&mut self) -> Option<Bytes> {
+        let mut items = Vec::with_capacity(COALESCE);
+        let mut out = BytesMut::new();
+        let conn = self.registration.connection.clone();
+        tokio::select! {
+            biased;
+            () = self.state.shutdown.cancelled() => {
+                // Flush what is queued, then close: clients resume by cursor.
+                while let Ok(item) = self.rx.try_recv() {
+                    items.push(item);
+                }
+                self.render(&mut items, &mut out);
+                self.done = true;
+            }
+            () = conn.closed.cancelled() => {
+                self.done = true;
+                return None;
+            }
+            () = tokio::time::sleep_until(self.expires_at) => {
+                out.extend_from_slice(&render_control("expired", &serde_json::json!({})));
+                self.done = true;
+            }
+            n = self.rx.recv_many(&mut items, COALESCE) => {
+                if n == 0 {
+                    self.done = true;
+                    return None;
+                }
+                self.render(&mut items, &mut out);
+                if out.is_empty() {
+                    return Some(Bytes::from_static(b""));
+                }
+            }
+            _ = self.ticker.tick() => {
+                out.extend_from_slice(b": ping\n\n");
+            }
+        }
+        if out.is_empty() {
+            return None;
+        }
+        Some(out.freeze())
+    }
+}

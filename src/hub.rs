@@ -1,0 +1,403 @@
+//! Local fan-out: channel → subscribers on this node, each with a bounded queue.
+//!
+//! An event's frame is rendered once and shared (`Arc<Event>`); dispatch looks up the channel's
+//! subscribers in O(1) and never blocks: a subscriber whose queue is full is closed (slow
+//! consumer) and resumes by cursor.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::ChannelName;
+use crate::error::GatewayError;
+use crate::event::Event;
+use crate::metrics::Metrics;
+
+/// What a connection's queue carries.
+#[derive(Debug)]
+pub enum Item {
+    /// A published event (shared).
+    Event(Arc<Event>),
+    /// A control frame for this connection only.
+    Control(Bytes),
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Event(e) => e.frame.len(),
+            Item::Control(b) => b.len(),
+        }
+    }
+}
+
+/// Why a connection was closed by the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its queue overflowed.
+    SlowConsumer,
+}
+
+/// One open SSE stream, as seen by the hub.
+#[derive(Debug)]
+pub struct Connection {
+    /// Unguessable id, used by the subscriptions endpoint.
+    pub id: String,
+    /// The user (`sub`).
+    pub sub: String,
+    /// The user's roles, for audience checks.
+    pub roles: Vec<String>,
+    /// When it opened.
+    pub connected_at: SystemTime,
+    channels: Mutex<BTreeSet<ChannelName>>,
+    tx: mpsc::Sender<Item>,
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Cancelled when the gateway closes this connection.
+    pub closed: CancellationToken,
+    close_reason: Mutex<Option<CloseReason>>,
+    /// Cancelled to drop the underlying TCP connection (HTTP/1.1), so a stalled reader's
+    /// socket buffers are released too.
+    transport: Option<CancellationToken>,
+}
+
+impl Connection {
+    /// The channels this connection currently receives.
+    pub fn channels(&self) -> Vec<ChannelName> {
+        self.channels
+            .lock()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Bytes of frames queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Why the gateway closed it, if it did.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.lock().ok().and_then(|r| *r)
+    }
+
+    /// Accounts for an item taken off the queue.
+    pub fn dequeued(&self, item: &Item) {
+        self.queued_bytes.fetch_sub(item.len(), Ordering::Relaxed);
+    }
+
+    /// Queues an item without waiting. Returns false (and closes the connection) on overflow.
+    fn offer(&self, item: Item, metrics: &Metrics) -> bool {
+        let len = item.len();
+        if self.queued_bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+            self.kick(CloseReason::SlowConsumer, metrics);
+            return false;
+        }
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick(CloseReason::SlowConsumer, metrics);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn kick(&self, reason: CloseReason, metrics: &Metrics) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        if let Ok(mut r) = self.close_reason.lock() {
+            *r = Some(reason);
+        }
+        metrics.slow_consumer_disconnects.inc();
+        tracing::info!(connection = %self.id, sub = %self.sub, "slow consumer: queue full, closing stream");
+        self.closed.cancel();
+        if let Some(t) = &self.transport {
+            t.cancel();
+        }
+    }
+
+    /// Queues a control frame for this connection.
+    pub fn send_control(&self, frame: Bytes, metrics: &Metrics) -> bool {
+        self.offer(Item::Control(frame), metrics)
+    }
+}
+
+/// A JSON summary of a connection, for `/admin/connections`.
+#[derive(Debug, Serialize)]
+pub struct ConnectionInfo {
+    /// Id.
+    pub connection_id: String,
+    /// User.
+    pub sub: String,
+    /// Channels.
+    pub channels: Vec<ChannelName>,
+    /// Seconds since the Unix epoch.
+    pub connected_at: u64,
+    /// Bytes waiting to be written.
+    pub queued_bytes: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_channel: HashMap<ChannelName, HashMap<String, Arc<Connection>>>,
+    connections: HashMap<String, Arc<Connection>>,
+    per_user: HashMap<String, usize>,
+}
+
+/// The registry of this node's connections and their channels.
+pub struct Hub {
+    inner: RwLock<Inner>,
+    metrics: Arc<Metrics>,
+}
+
+/// Parameters of a new connection.
+pub struct NewConnection {
+    /// User.
+    pub sub: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Initial channels.
+    pub channels: Vec<ChannelName>,
+    /// Queue bound in items.
+    pub queue_events: usize,
+    /// Queue bound in bytes.
+    pub queue_bytes: usize,
+    /// Per-user limit.
+    pub max_per_user: usize,
+    /// Token to drop the transport connection.
+    pub transport: Option<CancellationToken>,
+}
+
+/// Removes a connection from the hub when dropped.
+pub struct Registration {
+    hub: Arc<Hub>,
+    /// The registered connection.
+    pub connection: Arc<Connection>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.remove(&self.connection);
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: RwLock::new(Inner::default()),
+            metrics,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection; live events for its channels queue up from now on.
+    ///
+    /// # Errors
+    /// [`GatewayError::TooManyConnections`] when the user is at the limit.
+    pub fn register(
+        self: &Arc<Self>,
+        new: NewConnection,
+    ) -> Result<(Registration, mpsc::Receiver<Item>), GatewayError> {
+        let (tx, rx) = mpsc::channel(new.queue_events);
+        let connection = Arc::new(Connection {
+            id: random_id(),
+            sub: new.sub,
+            roles: new.roles,
+            connected_at: SystemTime::now(),
+            channels: Mutex::new(new.channels.iter().cloned().collect()),
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes: new.queue_bytes,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            transport: new.transport,
+        });
+        {
+            let mut inner = self.write();
+            let count = inner.per_user.entry(connection.sub.clone()).or_default();
+            if *count >= new.max_per_user {
+                return Err(GatewayError::TooManyConnections {
+                    limit: new.max_per_user,
+                });
+            }
+            *count += 1;
+            inner
+                .connections
+                .insert(connection.id.clone(), connection.clone());
+            for ch in &new.channels {
+                inner
+                    .by_channel
+                    .entry(ch.clone())
+                    .or_default()
+                    .insert(connection.id.clone(), connection.clone());
+            }
+        }
+        self.metrics.connections.inc();
+        self.metrics.subscriptions.inc_by(new.channels.len() as i64);
+        Ok((
+            Registration {
+                hub: self.clone(),
+                connection,
+            },
+            rx,
+        ))
+    }
+
+    fn remove(&self, connection: &Arc<Connection>) {
+        let channels = connection.channels();
+        let mut inner = self.write();
+        if inner.connections.remove(&connection.id).is_none() {
+            return;
+        }
+        if let Some(count) = inner.per_user.get_mut(&connection.sub) {
+            *count -= 1;
+            if *count == 0 {
+                inner.per_user.remove(&connection.sub);
+            }
+        }
+        for ch in &channels {
+            if let Some(subs) = inner.by_channel.get_mut(ch) {
+                subs.remove(&connection.id);
+                if subs.is_empty() {
+                    inner.by_channel.remove(ch);
+                }
+            }
+        }
+        drop(inner);
+        self.metrics.connections.dec();
+        self.metrics.subscriptions.dec_by(channels.len() as i64);
+    }
+
+    /// Changes a connection's channels; returns its new channel list.
+    pub fn update_channels(
+        &self,
+        connection: &Arc<Connection>,
+        add: &[ChannelName],
+        remove: &[ChannelName],
+    ) -> Vec<ChannelName> {
+        let mut inner = self.write();
+        let Ok(mut set) = connection.channels.lock() else {
+            return Vec::new();
+        };
+        let mut delta: i64 = 0;
+        for ch in remove {
+            if set.remove(ch) {
+                delta -= 1;
+                if let Some(subs) = inner.by_channel.get_mut(ch) {
+                    subs.remove(&connection.id);
+                    if subs.is_empty() {
+                        inner.by_channel.remove(ch);
+                    }
+                }
+            }
+        }
+        for ch in add {
+            if set.insert(ch.clone()) {
+                delta += 1;
+                inner
+                    .by_channel
+                    .entry(ch.clone())
+                    .or_default()
+                    .insert(connection.id.clone(), connection.clone());
+            }
+        }
+        self.metrics.subscriptions.inc_by(delta);
+        set.iter().cloned().collect()
+    }
+
+    /// Hands an event to every subscriber of its channel that its audience admits.
+    /// Returns how many queues took it.
+    pub fn dispatch(&self, event: &Arc<Event>) -> u32 {
+        let inner = self.read();
+        let Some(subs) = inner.by_channel.get(&event.channel) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for conn in subs.values() {
+            if event.admits(&conn.sub, &conn.roles)
+                && conn.offer(Item::Event(event.clone()), &self.metrics)
+            {
+                delivered += 1;
+            }
+        }
+        drop(inner);
+        self.metrics.events_delivered.inc_by(u64::from(delivered));
+        delivered
+    }
+
+    /// Looks up a connection by id.
+    pub fn connection(&self, id: &str) -> Option<Arc<Connection>> {
+        self.read().connections.get(id).cloned()
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.read().connections.len()
+    }
+
+    /// Channels with at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.read().by_channel.len()
+    }
+
+    /// Summaries of all connections.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let conns: Vec<Arc<Connection>> = self.read().connections.values().cloned().collect();
+        let mut out: Vec<ConnectionInfo> = conns
+            .iter()
+            .map(|c| ConnectionInfo {
+                connection_id: c.id.clone(),
+                sub: c.sub.clone(),
+                channels: c.channels(),
+                connected_at: c
+                    .connected_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                queued_bytes: c.queued_bytes(),
+            })
+            .collect();
+        out.sort_by_key(|c| c.connected_at);
+        out
+    }
+
+    /// Channel → subscriber count.
+    pub fn channels(&self) -> Vec<(ChannelName, usize)> {
+        let mut out: Vec<_> = self
+            .read()
+            .by_channel
+            .iter()
+            .map(|(c, s)| (c.clone(), s.len()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Number of local subscribers an event on `channel` would reach (ignoring audience).
+    pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
+        self.read().by_channel.get(channel).map_or(0, HashMap::len)
+    }
+}
+
+/// 128 random bits, hex.
+pub fn random_id() -> String {
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}
