@@ -91,6 +91,8 @@ export interface UseSSESubscriptionResult<D, T> {
   denied: DeniedChannel[];
   /** The last gap reported for these channels, or null. */
   gap: GapInfo | null;
+  /** How many messages were received (after `transform`) since mount. */
+  count: number;
   /** Empties `data`. */
   clear: () => void;
   /** Type helper: one item. */
@@ -122,10 +124,11 @@ export function useSSESubscription<T = SSEMessage>(
   const opts = useRef(options);
   opts.current = options;
 
-  const [store, setStore] = useState<{ data: T[] | T | undefined; last: SSEMessage | null; gap: GapInfo | null }>(() => ({
+  const [store, setStore] = useState<{ data: T[] | T | undefined; last: SSEMessage | null; gap: GapInfo | null; count: number }>(() => ({
     data: accumulate ? [] : undefined,
     last: null,
     gap: null,
+    count: 0,
   }));
 
   useEffect(() => {
@@ -139,11 +142,11 @@ export function useSSESubscription<T = SSEMessage>(
         if (item === undefined) return;
         o.onMessage?.(item, message);
         setStore((prev) => {
-          if (!accumulate) return { ...prev, data: item, last: message };
+          if (!accumulate) return { ...prev, data: item, last: message, count: prev.count + 1 };
           const arr = Array.isArray(prev.data) ? prev.data : [];
           const next = arr.length >= maxItems ? arr.slice(arr.length - maxItems + 1) : arr.slice();
           next.push(item);
-          return { ...prev, data: next, last: message };
+          return { ...prev, data: next, last: message, count: prev.count + 1 };
         });
       },
       {
@@ -163,7 +166,7 @@ export function useSSESubscription<T = SSEMessage>(
     return deniedAll.filter((d) => mine.includes(d.channel));
   }, [deniedAll, key]);
 
-  return { data: store.data, lastMessage: store.last, status: state.status, denied, gap: store.gap, clear };
+  return { data: store.data, lastMessage: store.last, status: state.status, denied, gap: store.gap, count: store.count, clear };
 }
 
 export interface WithSSEConfig<P, T> extends UseSSESubscriptionOptions<T> {
