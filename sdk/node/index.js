@@ -106,9 +106,19 @@ function toAudience(a) {
   return { userIds: userIds.map(String), roles: roles.map(String) };
 }
 
+// gRPC reports a refused certificate as UNAVAILABLE with a transport message; say what to check.
+const TLS_FAILURE = /SSL|TLS|handshake|certificate|alert/i;
+const TLS_HINT =
+  "TLS handshake with the gateway failed: check that this service's certificate (cert/key) is " +
+  'signed by the CA the gateway trusts ([grpc] client_ca), and that ca is the CA of the ' +
+  "gateway's certificate";
+
 function fromServiceError(err) {
   if (err && typeof err.code === 'number') {
-    return new PublishError(STATUS_NAMES[err.code] || 'UNKNOWN', err.details || err.message);
+    const code = STATUS_NAMES[err.code] || 'UNKNOWN';
+    let details = String(err.details || err.message).replace(/\s*Resolution note:\s*$/, '').trim();
+    if (code === 'UNAVAILABLE' && TLS_FAILURE.test(details)) details = `${TLS_HINT} (${details})`;
+    return new PublishError(code, details);
   }
   return new PublishError('INTERNAL', err && err.message ? err.message : String(err));
 }
@@ -143,11 +153,17 @@ class Publisher {
     this.logger = options.logger === undefined ? defaultLogger : options.logger;
     this._stringify = options.jsonStringify || JSON.stringify;
 
-    const credentials = grpc.credentials.createSsl(
-      readPem(ca, 'CA certificate', 'SSE_GATEWAY_CA'),
-      readPem(key, 'client key', 'SSE_GATEWAY_KEY'),
-      readPem(cert, 'client certificate', 'SSE_GATEWAY_CERT'),
-    );
+    let credentials;
+    try {
+      credentials = grpc.credentials.createSsl(
+        readPem(ca, 'CA certificate', 'SSE_GATEWAY_CA'),
+        readPem(key, 'client key', 'SSE_GATEWAY_KEY'),
+        readPem(cert, 'client certificate', 'SSE_GATEWAY_CERT'),
+      );
+    } catch (e) {
+      if (e instanceof ConfigError) throw e;
+      throw new ConfigError(`invalid TLS material (CA, client certificate or key): ${e.message}`);
+    }
     const channelOptions = { 'grpc.primary_user_agent': `sse-gateway-sdk-node/${VERSION}` };
     const serverName = options.serverName || env.SSE_GATEWAY_SERVER_NAME;
     if (serverName) {

@@ -2,6 +2,7 @@
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -9,9 +10,9 @@ from gateway import Gateway, SERVICES, make_certs
 from sse_gateway_sdk import AsyncPublisher, PublishError, Publisher
 
 
-def creds(folder):
-    return dict(ca=str(folder / "ca.pem"), cert=str(folder / "l5-etl-service.pem"),
-                key=str(folder / "l5-etl-service-key.pem"))
+FIXTURES = Path(__file__).parent / "fixtures"
+# A self-signed certificate trusted nowhere: no handshake has to succeed in these tests.
+DUMMY = dict(ca=str(FIXTURES / "dummy.pem"), cert=str(FIXTURES / "dummy.pem"), key=str(FIXTURES / "dummy-key.pem"))
 
 
 def closed_port():
@@ -20,8 +21,8 @@ def closed_port():
         return s.getsockname()[1]
 
 
-def test_nothing_listening_returns_unavailable(other_ca):
-    with Publisher(f"127.0.0.1:{closed_port()}", **creds(other_ca), timeout=3) as pub:
+def test_nothing_listening_returns_unavailable():
+    with Publisher(f"127.0.0.1:{closed_port()}", **DUMMY, timeout=3) as pub:
         t0 = time.monotonic()
         res = pub.publish("logs:ws1:wf1", {"x": 1})
         batch = pub.publish_batch([("logs:ws1:wf1", 1)])
@@ -32,13 +33,13 @@ def test_nothing_listening_returns_unavailable(other_ca):
     assert not log.ok
 
 
-def test_unresponsive_gateway_hits_the_deadline(other_ca):
+def test_unresponsive_gateway_hits_the_deadline():
     # A socket that accepts TCP connections (kernel backlog) but never speaks TLS.
     with socket.socket() as hole:
         hole.bind(("127.0.0.1", 0))
         hole.listen(16)
         port = hole.getsockname()[1]
-        with Publisher(f"127.0.0.1:{port}", **creds(other_ca), timeout=1.0) as pub:
+        with Publisher(f"127.0.0.1:{port}", **DUMMY, timeout=1.0) as pub:
             t0 = time.monotonic()
             res = pub.publish("logs:ws1:wf1", 1)
             took = time.monotonic() - t0
@@ -51,11 +52,11 @@ def test_unresponsive_gateway_hits_the_deadline(other_ca):
             assert time.monotonic() - t0 < 2
 
 
-def test_async_publisher_with_gateway_down(other_ca):
+def test_async_publisher_with_gateway_down():
     import asyncio
 
     async def main():
-        async with AsyncPublisher(f"127.0.0.1:{closed_port()}", **creds(other_ca), timeout=2) as pub:
+        async with AsyncPublisher(f"127.0.0.1:{closed_port()}", **DUMMY, timeout=2) as pub:
             return await pub.publish("logs:ws1:wf1", 1)
 
     res = asyncio.run(main())

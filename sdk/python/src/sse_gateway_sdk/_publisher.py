@@ -184,11 +184,22 @@ def _audience(value: AudienceLike) -> Optional["pb.Audience"]:
     raise PublishError("INVALID_ARGUMENT", f"audience must be a dict with user_ids/roles, not {type(value).__name__}")
 
 
+# gRPC reports a refused certificate as UNAVAILABLE with a transport message; say what to check.
+_TLS_FAILURE = re.compile(r"TSI_|SSL|handshake|certificate|Unwrap failed", re.IGNORECASE)
+TLS_HINT = (
+    "TLS handshake with the gateway failed: check that this service's certificate (cert/key) is "
+    "signed by the CA the gateway trusts ([grpc] client_ca), and that ca is the CA of the "
+    "gateway's certificate"
+)
+
+
 def _rpc_error(e: grpc.RpcError) -> PublishError:
     code = e.code() if hasattr(e, "code") else None
-    details = e.details() if hasattr(e, "details") else None
+    details = (e.details() if hasattr(e, "details") else None) or str(e)
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    return PublishError(name, details or str(e))
+    if name == "UNAVAILABLE" and _TLS_FAILURE.search(details):
+        details = f"{TLS_HINT} ({details})"
+    return PublishError(name, details)
 
 
 class _Base:
