@@ -121,7 +121,7 @@ pub async fn simulate(grpc_addr: String, certs: std::path::PathBuf, stop: Cancel
                 serde_json::json!({"level": "info", "step": step, "message": format!("{step}: processed {rows} rows"), "seq": tick}),
             ),
         )];
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             let state = states[((tick / 3) as usize) % states.len()];
             requests.push((
                 1,
@@ -141,7 +141,7 @@ pub async fn simulate(grpc_addr: String, certs: std::path::PathBuf, stop: Cancel
                 serde_json::json!({"cpu": (cpu * 10.0).round() / 10.0, "rps": 100 + (tick * 37) % 400}),
             ),
         ));
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             requests.push((
                 2,
                 req(
