@@ -19,7 +19,8 @@ const path = require('node:path');
 let sdk;
 try {
   sdk = require('@sse-gateway/publisher');
-} catch {
+} catch (e) {
+  if (e.code !== 'MODULE_NOT_FOUND') throw e;
   sdk = require('../../sdk/node'); // running from the repository without `npm install` here
 }
 const { Publisher } = sdk;
