@@ -1,0 +1,295 @@
+//! The SSE stream (SPEC §4–§5): channel lists, audience targeting, heartbeats, per-user and
+//! per-connection limits, CORS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn channels_may_be_repeated_or_comma_separated() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    let token = gw.token("alice", &["logs:**", "metrics:*", "dashboards:*"], &[], 600);
+    let (_stream, ready) = gw
+        .open(
+            "/api/sse?channels=logs:ws1:wf1,metrics:ws1&channels=dashboards:d1&channels=logs:ws1:wf1",
+            &token,
+            None,
+        )
+        .await;
+    let mut channels = ready.channels.clone();
+    channels.sort();
+    assert_eq!(channels, ["dashboards:d1", "logs:ws1:wf1", "metrics:ws1"]);
+    assert!(ready.denied.is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_starts_live_without_a_cursor() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    let mut client = gw.publisher("l5-etl-service").await;
+    publish(&mut client, req("metrics:ws1", &json!({"before": true}))).await;
+    let token = gw.token("alice", &["metrics:*"], &[], 600);
+    let (mut stream, _) = gw.open("/api/sse?channels=metrics:ws1", &token, None).await;
+    let resp = publish(&mut client, req("metrics:ws1", &json!({"after": true}))).await;
+    let env = stream.next_data(WAIT).await;
+    assert_eq!(env.id, resp.id);
+    assert_eq!(env.payload, json!({"after": true}));
+}
+
+#[tokio::test]
+async fn heartbeat_comments_keep_the_stream_alive() {
+    let gw = TestGateway::spawn(|c| c.sse.heartbeat_secs = 1).await;
+    let token = gw.token("alice", &["metrics:*"], &[], 600);
+    let (mut stream, _) = gw.open("/api/sse?channels=metrics:ws1", &token, None).await;
+    for _ in 0..2 {
+        let frame = stream.next_frame(Duration::from_secs(5)).await;
+        assert_eq!(frame.raw, ": ping\n\n");
+        assert_eq!(frame.comments, ["ping"]);
+    }
+}
+
+#[tokio::test]
+async fn audience_by_user_and_by_role() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    let alice_token = gw.token("alice", &["metrics:*"], &[], 600);
+    let bob_token = gw.token("bob", &["metrics:*"], &["ops"], 600);
+    let (mut alice, _) = gw
+        .open("/api/sse?channels=metrics:ws1", &alice_token, None)
+        .await;
+    let (mut bob, _) = gw
+        .open("/api/sse?channels=metrics:ws1", &bob_token, None)
+        .await;
+    let mut client = gw.publisher("analytics-service").await;
+
+    let to_alice = publish(
+        &mut client,
+        req_for("metrics:ws1", &json!({"to": "alice"}), &["alice"], &[]),
+    )
+    .await;
+    assert_eq!(to_alice.delivered, 1);
+    let marker1 = publish(&mut client, req("metrics:ws1", &json!({"marker": 1}))).await;
+    assert_eq!(marker1.delivered, 2);
+    assert_eq!(alice.next_data(WAIT).await.id, to_alice.id);
+    assert_eq!(alice.next_data(WAIT).await.id, marker1.id);
+    assert_eq!(
+        bob.next_data(WAIT).await.id,
+        marker1.id,
+        "bob is not in the user audience"
+    );
+
+    let to_ops = publish(
+        &mut client,
+        req_for("metrics:ws1", &json!({"to": "ops"}), &[], &["ops"]),
+    )
+    .await;
+    assert_eq!(to_ops.delivered, 1);
+    let marker2 = publish(&mut client, req("metrics:ws1", &json!({"marker": 2}))).await;
+    assert_eq!(bob.next_data(WAIT).await.id, to_ops.id);
+    assert_eq!(bob.next_data(WAIT).await.id, marker2.id);
+    assert_eq!(
+        alice.next_data(WAIT).await.id,
+        marker2.id,
+        "alice does not hold the ops role"
+    );
+
+    // Either list admits; an audience matching nobody reaches nobody.
+    let either = publish(
+        &mut client,
+        req_for(
+            "metrics:ws1",
+            &json!({"to": "either"}),
+            &["alice"],
+            &["ops"],
+        ),
+    )
+    .await;
+    assert_eq!(either.delivered, 2);
+    let nobody = publish(
+        &mut client,
+        req_for(
+            "metrics:ws1",
+            &json!({"to": "carol"}),
+            &["carol"],
+            &["auditor"],
+        ),
+    )
+    .await;
+    assert_eq!(nobody.delivered, 0);
+    let marker3 = publish(&mut client, req("metrics:ws1", &json!({"marker": 3}))).await;
+    for stream in [&mut alice, &mut bob] {
+        assert_eq!(stream.next_data(WAIT).await.id, either.id);
+        assert_eq!(stream.next_data(WAIT).await.id, marker3.id);
+    }
+}
+
+#[tokio::test]
+async fn per_user_stream_limit_answers_429_with_retry_after() {
+    let gw = TestGateway::spawn(|c| {
+        c.limits.max_connections_per_user = 2;
+        c.sse.heartbeat_secs = 1;
+    })
+    .await;
+    let token = gw.token("alice", &["metrics:*"], &[], 600);
+    let path = "/api/sse?channels=metrics:ws1";
+    let (first, _) = gw.open(path, &token, None).await;
+    let (_second, _) = gw.open(path, &token, None).await;
+    let resp = gw.sse_response(path, Some(&token), None).await;
+    assert_eq!(resp.status(), 429);
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .expect("429 carries Retry-After")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        retry_after.parse::<u64>().is_ok(),
+        "Retry-After is seconds: {retry_after}"
+    );
+    let msg = error_body(resp).await;
+    assert!(msg.contains('2'), "{msg}");
+
+    // The limit is per user.
+    let bob = gw.token("bob", &["metrics:*"], &[], 600);
+    let (_bob_stream, _) = gw.open(path, &bob, None).await;
+
+    // A closed stream frees its slot (noticed at the latest on the next heartbeat write).
+    drop(first);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resp = gw.sse_response(path, Some(&token), None).await;
+        if resp.status() == 200 {
+            let mut stream = SseReader::new(resp);
+            stream.ready(WAIT).await;
+            break;
+        }
+        assert_eq!(resp.status(), 429);
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn too_many_channels_on_one_connection_is_400() {
+    let gw = TestGateway::spawn(|c| c.limits.max_channels_per_connection = 3).await;
+    let token = gw.token("alice", &["metrics:*"], &[], 600);
+    let resp = gw
+        .sse_response(
+            "/api/sse?channels=metrics:a,metrics:b,metrics:c,metrics:d",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let msg = error_body(resp).await;
+    assert!(msg.contains('3'), "{msg}");
+    let (_s, ready) = gw
+        .open(
+            "/api/sse?channels=metrics:a,metrics:b,metrics:c",
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(ready.channels.len(), 3);
+}
+
+#[tokio::test]
+async fn cors_allows_configured_origins_with_credentials() {
+    let gw =
+        TestGateway::spawn(|c| c.http.cors_origins = vec!["https://app.example.com".into()]).await;
+    let preflight = gw
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            gw.url("/api/sse?channels=metrics:ws1"),
+        )
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "GET")
+        .header(
+            "access-control-request-headers",
+            "authorization,last-event-id",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    let allowed_headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+    assert!(
+        allowed_headers.contains("last-event-id"),
+        "{allowed_headers}"
+    );
+
+    let token = gw.token("alice", &["metrics:*"], &[], 600);
+    let resp = gw
+        .http
+        .get(gw.url("/api/sse?channels=metrics:ws1"))
+        .bearer_auth(&token)
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
+    drop(resp);
+
+    let other = gw
+        .http
+        .get(gw.url("/health"))
+        .header("origin", "https://evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        other.headers().get("access-control-allow-origin").is_none(),
+        "{:?}",
+        other.headers()
+    );
+}
+
+#[tokio::test]
+async fn many_subscribers_each_get_every_event_once() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let token = gw.token(&format!("user{i}"), &["logs:**"], &[], 600);
+        streams.push(
+            gw.open("/api/sse?channels=logs:ws1:wf1", &token, None)
+                .await
+                .0,
+        );
+    }
+    let mut client = gw.publisher("l5-etl-service").await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let resp = publish(&mut client, req("logs:ws1:wf1", &json!({"i": i}))).await;
+        assert_eq!(resp.delivered, 20);
+        ids.push(resp.id);
+    }
+    let deadline = Instant::now() + WAIT;
+    for stream in &mut streams {
+        for id in &ids {
+            assert_eq!(&stream.next_data(deadline).await.id, id);
+        }
+    }
+}
