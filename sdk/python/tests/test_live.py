@@ -35,6 +35,7 @@ def test_publish_arrives_on_sse_with_the_envelope(gateway, etl, ws):
     payload = {"step": "extract", "rows": 1200, "ok": True, "tags": ["a", "b"], "text": "two\nlines\r\nü"}
     with gateway.sse([channel]) as sse:
         assert sse.content_type.startswith("text/event-stream")
+        assert sse.retry == 3000
         assert channel in sse.ready_data["channels"]
         res = etl.publish(channel, payload, event="step")
         assert res.ok and res, res
@@ -196,7 +197,9 @@ def test_one_channel_serves_many_calls_from_threads(gateway, etl, ws):
     from concurrent.futures import ThreadPoolExecutor
 
     channel = f"metrics:{ws}"
+    assert etl.publish(channel, -1).ok
     grpc_channel = etl._channel
+    assert grpc_channel is not None
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: etl.publish(channel, i), range(40)))
     assert all(r.ok for r in results)

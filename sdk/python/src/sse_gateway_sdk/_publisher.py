@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -367,8 +368,23 @@ class Publisher(_Base):
     def __init__(self, addr: Optional[str] = None, ca: Optional[PemSource] = None,
                  cert: Optional[PemSource] = None, key: Optional[PemSource] = None, **kwargs: Any):
         super().__init__(addr, ca, cert, key, **kwargs)
-        self._channel = grpc.secure_channel(self.addr, self._credentials, options=self._options)
-        self._stub = pb_grpc.PublisherStub(self._channel)
+        # Opened on first use, so that a publisher made at import time in a pre-forking server
+        # (gunicorn --preload, ...) does not carry a gRPC channel across fork().
+        self._channel: Optional[grpc.Channel] = None
+        self._stub: Optional[pb_grpc.PublisherStub] = None
+        self._lock = threading.Lock()
+
+    def _get_stub(self) -> pb_grpc.PublisherStub:
+        if self._closed:
+            raise PublishError("FAILED_PRECONDITION", "the publisher is closed")
+        stub = self._stub
+        if stub is None:
+            with self._lock:
+                if self._stub is None:
+                    self._channel = grpc.secure_channel(self.addr, self._credentials, options=self._options)
+                    self._stub = pb_grpc.PublisherStub(self._channel)
+                stub = self._stub
+        return stub
 
     def publish(
         self,
@@ -389,7 +405,7 @@ class Publisher(_Base):
         """
         try:
             req = self._request(channel, data, event, idempotency_key, audience)
-            resp = self._stub.Publish(req, timeout=self._deadline(timeout))
+            resp = self._get_stub().Publish(req, timeout=self._deadline(timeout))
             return self._ok(channel, resp)
         except PublishError as e:
             return self._failed(e, channel, strict)
@@ -414,7 +430,7 @@ class Publisher(_Base):
         try:
             req = self._batch_request(events)
             n = len(req.events)
-            resp = self._stub.PublishBatch(req, timeout=self._deadline(timeout))
+            resp = self._get_stub().PublishBatch(req, timeout=self._deadline(timeout))
             return self._batch_ok(req, resp)
         except PublishError as e:
             return self._batch_failed(e, n, strict)
@@ -446,8 +462,10 @@ class Publisher(_Base):
 
     def close(self) -> None:
         """Closes the gRPC channel. Publishing afterwards fails with FAILED_PRECONDITION."""
-        self._closed = True
-        self._channel.close()
+        with self._lock:
+            self._closed = True
+            if self._channel is not None:
+                self._channel.close()
 
     def __enter__(self) -> "Publisher":
         return self
