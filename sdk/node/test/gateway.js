@@ -56,8 +56,17 @@ function run(args) {
   }
 }
 
+const tmpDirs = [];
+process.on('exit', () => {
+  if (process.env.SDK_TEST_KEEP_TMP) return;
+  for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A temporary folder, removed when the test process exits (unless $SDK_TEST_KEEP_TMP). */
 function tmpDir(prefix) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tmpDirs.push(d);
+  return d;
 }
 
 function makeCerts(dir, services = SERVICES) {
