@@ -305,7 +305,8 @@ async fn the_binary_exits_non_zero_naming_the_bad_key() {
     let (dir, path) = setup();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, base_toml("[sse]\nheartbeat = 3\n")).unwrap();
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["serve".into(), "--config".into(), bad.display().to_string()],
             vec![],
