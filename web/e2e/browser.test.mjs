@@ -1,0 +1,291 @@
+// End-to-end: the demo page in headless Chromium against a real sse-gateway process.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  adminConnections,
+  artifactsDir,
+  cleanupPki,
+  DEMO_DIST,
+  demoContext,
+  demoState,
+  killAllGateways,
+  launchBrowser,
+  mintToken,
+  openDemo,
+  panelCount,
+  publisher,
+  startGateway,
+  waitFor,
+} from './lib.mjs';
+
+let chrome;
+let gw;
+let pub;
+
+before(async () => {
+  [chrome, gw] = await Promise.all([launchBrowser(), startGateway()]);
+  pub = publisher(gw);
+});
+
+after(async () => {
+  pub?.close();
+  await chrome?.close();
+  await gw?.stop();
+  killAllGateways();
+  cleanupPki();
+});
+
+const connectionsOf = async (sub) => (await adminConnections(gw)).filter((c) => c.sub === sub);
+const logIds = (s, channel = 'logs:demo:etl-1') => s.received.filter((m) => m.channel === channel).map((m) => m.id);
+
+describe('one page, micro-frontends on one connection', () => {
+  let ctx;
+  let page;
+  const sub = 'mfe-user';
+
+  before(async () => {
+    ctx = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    page = await openDemo(ctx.context, gw, { panels: ['logs', 'workflow', 'metrics'] });
+  });
+  after(async () => {
+    await ctx?.context.close();
+  });
+
+  it('three components receive their own channels over exactly one network connection', async () => {
+    const sent = { logs: [], workflow: [], metrics: [] };
+    for (let i = 1; i <= 3; i++) {
+      sent.logs.push(await pub.publish('logs:demo:etl-1', { level: 'info', message: `e2e line ${i}` }, 'log'));
+      sent.workflow.push(await pub.publish('workflow:demo:wf-1', { workflow: 'wf-1', state: i === 3 ? 'succeeded' : 'running', progress: i * 33 }, 'status'));
+      sent.metrics.push(await pub.publish('metrics:demo', { cpu: 40 + i, rps: 100 * i }, 'metric'));
+    }
+    for (const id of ['logs', 'workflow', 'metrics']) {
+      await waitFor(async () => (await panelCount(page, id)) === 3, `${id} panel to show 3 events`, 10000);
+    }
+    const text = (sel) => page.locator(sel).innerText();
+    assert.match(await text('[data-testid=panel-logs]'), /e2e line 3/);
+    assert.doesNotMatch(await text('[data-testid=panel-logs]'), /succeeded|cpu/);
+    assert.equal(await page.getByTestId('wf-state').textContent(), 'succeeded');
+    assert.match(await text('[data-testid=panel-metrics]'), /43/);
+
+    const s = await demoState(page);
+    assert.deepEqual(logIds(s), sent.logs);
+    assert.deepEqual(logIds(s, 'workflow:demo:wf-1'), sent.workflow);
+    assert.deepEqual(logIds(s, 'metrics:demo'), sent.metrics);
+    // exactly one network connection: one /api/sse request from the browser, one on the gateway
+    assert.equal(ctx.stats.sseRequests.length, 1, `SSE requests: ${ctx.stats.sseRequests.join(' ')}`);
+    assert.equal(s.state.connects, 1);
+    const conns = await connectionsOf(sub);
+    assert.equal(conns.length, 1, JSON.stringify(conns));
+    assert.deepEqual([...conns[0].channels].sort(), ['logs:demo:etl-1', 'metrics:demo', 'workflow:demo:wf-1']);
+    assert.equal(conns[0].connection_id, s.state.connectionId);
+    assert.ok(!ctx.stats.sseRequests[0].includes('token'), 'no token in the SSE URL');
+  });
+
+  it('a component mounted later gets its channel added live, without a reconnect', async () => {
+    const before = await demoState(page);
+    await page.getByTestId('toggle-dashboard').check();
+    await waitFor(async () => (await connectionsOf(sub))[0]?.channels.includes('dashboards:main'), 'dashboards:main on the connection', 10000);
+    await pub.publish('dashboards:main', { widget: 'throughput', value: 4242 }, 'update');
+    await waitFor(async () => (await page.getByTestId('dashboard-value').innerText().catch(() => '')) === '4242', 'dashboard panel to show 4242', 10000);
+    const s = await demoState(page);
+    assert.equal(s.state.connectionId, before.state.connectionId, 'same connection');
+    assert.equal(s.state.connects, 1, 'no new EventSource');
+    assert.equal(ctx.stats.sseRequests.length, 1, 'no new SSE request');
+    const conns = await connectionsOf(sub);
+    assert.equal(conns.length, 1);
+    assert.equal(conns[0].connection_id, before.state.connectionId);
+  });
+
+  it('unmounting a component releases its channel', async () => {
+    await page.getByTestId('toggle-dashboard').uncheck();
+    await waitFor(async () => !(await connectionsOf(sub))[0]?.channels.includes('dashboards:main'), 'dashboards:main removed', 10000);
+    assert.equal((await demoState(page)).state.connects, 1);
+  });
+
+  it('a denied channel is reported to the app and the component', async () => {
+    await page.getByTestId('toggle-restricted').check();
+    const denied = page.getByTestId('denied-restricted');
+    await denied.waitFor({ timeout: 10000 });
+    assert.match(await denied.innerText(), /denied/i);
+    const notice = page.locator('[data-kind=denied]');
+    await notice.first().waitFor({ timeout: 5000 });
+    assert.match(await notice.first().innerText(), /metrics:private/);
+    const s = await demoState(page);
+    assert.ok(s.denied.some((d) => d.channel === 'metrics:private'), JSON.stringify(s.denied));
+    assert.equal(s.state.status, 'open');
+    assert.equal(s.state.connects, 1, 'a denial does not cost the connection');
+    assert.deepEqual(page.errors, []);
+  });
+});
+
+describe('many tabs, one connection', () => {
+  it('three tabs share one SSE connection; closing the leader moves it to another tab with nothing missing', async () => {
+    const sub = 'tabs-user';
+    const { context, stats } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    try {
+      const pages = [];
+      pages.push(await openDemo(context, gw, { panels: ['logs'] }));
+      pages.push(await openDemo(context, gw, { panels: ['logs', 'metrics'] }));
+      pages.push(await openDemo(context, gw, { panels: ['logs', 'workflow'] }));
+      await waitFor(async () => {
+        const c = await connectionsOf(sub);
+        return c.length === 1 && c[0].channels.length === 3;
+      }, 'one connection carrying all three tabs\' channels', 10000);
+      assert.equal(stats.sseRequests.length, 1, 'one SSE request for three tabs');
+      const states = await Promise.all(pages.map(demoState));
+      assert.deepEqual(states.map((s) => s.state.role).sort(), ['follower', 'follower', 'leader']);
+      for (const s of states) assert.equal(s.state.tabs, 3);
+
+      const first = [];
+      for (let i = 0; i < 5; i++) first.push(await pub.publish('logs:demo:etl-1', { level: 'info', message: `before ${i}` }, 'log'));
+      for (const p of pages) await waitFor(async () => logIds(await demoState(p)).length === 5, 'every tab to get 5 events', 10000);
+
+      const leaderIdx = states.findIndex((s) => s.state.role === 'leader');
+      const oldConn = states[leaderIdx].state.connectionId;
+      const rest = pages.filter((_, i) => i !== leaderIdx);
+      await pages[leaderIdx].close();
+      // published while the stream moves from one tab to another
+      const second = [];
+      for (let i = 0; i < 5; i++) second.push(await pub.publish('logs:demo:etl-1', { level: 'info', message: `during ${i}` }, 'log'));
+
+      await waitFor(async () => {
+        const c = await connectionsOf(sub);
+        return c.length === 1 && c[0].connection_id !== oldConn;
+      }, 'the new leader\'s connection to replace the old one', 15000);
+      const third = [await pub.publish('logs:demo:etl-1', { level: 'info', message: 'after' }, 'log')];
+      const all = [...first, ...second, ...third];
+      for (const p of rest) {
+        await waitFor(async () => logIds(await demoState(p)).length >= all.length, 'the remaining tabs to catch up', 10000);
+        const s = await demoState(p);
+        assert.deepEqual(logIds(s), all, 'every event once, in order');
+        assert.deepEqual(s.gaps, []);
+      }
+      const roles = (await Promise.all(rest.map(demoState))).map((s) => s.state.role).sort();
+      assert.deepEqual(roles, ['follower', 'leader']);
+      assert.equal(stats.sseRequests.length, 2, 'exactly one new SSE request after the takeover');
+      // the new leader carries the remaining tabs' channels
+      const c = (await connectionsOf(sub))[0];
+      const wanted = new Set(['logs:demo:etl-1']);
+      for (const p of rest) for (const ch of (await demoState(p)).state.channels) wanted.add(ch);
+      assert.ok(c.channels.includes('logs:demo:etl-1'));
+      const metricsTab = rest.find((p) => p === pages[1]);
+      if (metricsTab) {
+        const id = await pub.publish('metrics:demo', { cpu: 1, rps: 2 }, 'metric');
+        await waitFor(async () => (await demoState(metricsTab)).received.some((m) => m.id === id), 'metrics to reach its tab', 10000);
+      }
+    } finally {
+      await context.close();
+    }
+  });
+});
+
+describe('token expiry', () => {
+  it('refreshes the token through the provider and resumes without losing events', async () => {
+    const sub = 'expiry-user';
+    // first token lives 6 s; the provider's next ones are long-lived
+    const { context, stats } = await demoContext(chrome.browser, gw, {
+      token: (n) => mintToken({ sub, ttl: n === 1 ? 6 : 600 }),
+    });
+    try {
+      const page = await openDemo(context, gw, { panels: ['logs'] });
+      const first = await demoState(page);
+      const sent = [];
+      let stop = false;
+      const loop = (async () => {
+        while (!stop) {
+          sent.push(await pub.publish('logs:demo:etl-1', { level: 'info', message: `tick ${sent.length}` }, 'log'));
+          await new Promise((r) => setTimeout(r, 150));
+        }
+      })();
+      try {
+        await waitFor(async () => (await demoState(page)).expired.length >= 1, 'the expired event', 15000);
+        await waitFor(async () => {
+          const s = await demoState(page);
+          return s.state.status === 'open' && s.state.connectionId !== first.state.connectionId;
+        }, 'the stream to reopen with a fresh token', 10000);
+        const n = sent.length;
+        await waitFor(() => sent.length >= n + 5, 'five more events after the refresh', 5000);
+      } finally {
+        stop = true;
+        await loop;
+      }
+      await waitFor(async () => logIds(await demoState(page)).length >= sent.length, 'all events', 10000);
+      const s = await demoState(page);
+      assert.deepEqual(logIds(s), sent, 'nothing lost or repeated across the refresh');
+      assert.ok(stats.tokenCalls >= 2, `token provider called ${stats.tokenCalls}x`);
+      assert.ok(s.tokenFetches >= 2);
+      assert.deepEqual(s.gaps, []);
+      assert.equal(s.state.connects, 2);
+      await page.locator('[data-kind=expired]').first().waitFor({ timeout: 2000 });
+    } finally {
+      await context.close();
+    }
+  });
+});
+
+describe('gateway restart (in-memory broker)', () => {
+  it('the page receives gap and the app is told', async () => {
+    const gw2 = await startGateway();
+    let pub2 = publisher(gw2);
+    const { context } = await demoContext(chrome.browser, gw2);
+    try {
+      const page = await openDemo(context, gw2, { panels: ['logs', 'metrics'] });
+      const ids = [];
+      for (let i = 0; i < 3; i++) ids.push(await pub2.publish('logs:demo:etl-1', { level: 'info', message: `pre ${i}` }, 'log'));
+      await waitFor(async () => logIds(await demoState(page)).length === 3, 'events before the restart', 10000);
+      pub2.close();
+      await gw2.restart();
+      pub2 = publisher(gw2);
+      await waitFor(async () => (await demoState(page)).gaps.length >= 1, 'a gap after the restart', 20000);
+      const s = await demoState(page);
+      assert.ok(s.gaps[0].channels.includes('logs:demo:etl-1'), JSON.stringify(s.gaps));
+      await page.locator('[data-kind=gap]').first().waitFor({ timeout: 5000 });
+      assert.match(await page.locator('[data-testid=panel-logs]').innerText(), /gap at/);
+      await waitFor(async () => (await demoState(page)).state.status === 'open', 'open again', 10000);
+      const id = await pub2.publish('logs:demo:etl-1', { level: 'info', message: 'post restart' }, 'log');
+      await waitFor(async () => logIds(await demoState(page)).includes(id), 'live events after the restart', 10000);
+    } finally {
+      pub2.close();
+      await context.close();
+      await gw2.stop();
+    }
+  });
+});
+
+describe('demo mode', () => {
+  it('serves the demo page live (simulated services) — screenshot to artifacts/demo.png', async (t) => {
+    const gw3 = await startGateway({ mode: 'demo' });
+    try {
+      const served = await fetch(`${gw3.base}/demo/demo.js`).then((r) => (r.ok ? r.text() : ''));
+      const real = served === readFileSync(join(DEMO_DIST, 'demo.js'), 'utf8');
+      if (!real) t.diagnostic('the gateway binary embeds an older web/demo-dist (rebuild it); testing the files on disk instead');
+      if (real) {
+        const tok = await fetch(`${gw3.base}/demo/token`).then((r) => r.json());
+        assert.equal(typeof tok.token, 'string');
+      }
+      const { context } = await demoContext(chrome.browser, gw3, { real });
+      try {
+        const page = await openDemo(context, gw3);
+        for (const id of ['logs', 'workflow', 'metrics', 'dashboard']) {
+          await waitFor(async () => (await panelCount(page, id)) >= 1, `${id} panel to get live data`, 15000);
+        }
+        await page.getByTestId('toggle-restricted').check();
+        await page.getByTestId('denied-restricted').waitFor({ timeout: 10000 });
+        await waitFor(async () => (await panelCount(page, 'metrics')) >= 8, 'a few metric samples', 15000);
+        const s = await demoState(page);
+        assert.equal(s.state.connects, 1);
+        assert.equal((await adminConnections(gw3)).length, 1);
+        const file = join(artifactsDir(), 'demo.png');
+        await page.screenshot({ path: file, fullPage: true });
+        t.diagnostic(`screenshot: ${file}`);
+        assert.deepEqual(page.errors, []);
+      } finally {
+        await context.close();
+      }
+    } finally {
+      await gw3.stop();
+    }
+  });
+});
