@@ -64,12 +64,20 @@ export class SSEClient {
   /** Other tabs' wanted channels. Authoritative on the leader; a mirror on followers, for takeover. */
   private tabs = new Map<string, { channels: string[]; seen: number }>();
   private heartbeat: ReturnType<typeof setInterval> | null = null;
+  /** Releases this tab's own liveness lock (held for the tab's lifetime). */
+  private releaseTabLock: (() => void) | null = null;
+  /** Leader: one queued lock request per other tab; it is granted when that tab is gone. */
+  private watchers = new Map<string, AbortController>();
   private readonly shareKey: string;
   private readonly BC: BroadcastChannelCtor | null;
   private readonly locks: LockManagerLike | null;
   private readonly heartbeatMs: number;
   private readonly log: (...args: unknown[]) => void;
   private readonly onPageHide = () => this.post({ t: 'bye', from: this.tabId });
+  private readonly onPageShow = (e: Event) => {
+    // Back from the back/forward cache: tell the leader again what this tab wants.
+    if ((e as PageTransitionEvent).persisted) this.post({ t: 'hello', from: this.tabId, channels: this.registry.channels() });
+  };
 
   constructor(readonly options: SSEClientOptions) {
     if (!options || typeof options.getToken !== 'function') throw new Error('SSEClient: options.getToken is required');
@@ -147,13 +155,20 @@ export class SSEClient {
     this.post({ t: 'bye', from: this.tabId });
     this.releaseLock?.();
     this.releaseLock = null;
+    this.releaseTabLock?.();
+    this.releaseTabLock = null;
     this.lockAbort?.abort();
     this.lockAbort = null;
+    for (const w of this.watchers.values()) w.abort();
+    this.watchers.clear();
     this.bc?.close();
     this.bc = null;
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.heartbeat = null;
-    if (typeof removeEventListener === 'function') removeEventListener('pagehide', this.onPageHide);
+    if (typeof removeEventListener === 'function') {
+      removeEventListener('pagehide', this.onPageHide);
+      removeEventListener('pageshow', this.onPageShow);
+    }
     this.setState({ status: 'closed', connectionId: null });
   }
 
@@ -180,19 +195,56 @@ export class SSEClient {
     }
     this.bc.onmessage = (e: MessageEvent) => this.onTabMessage(e.data as TabMessage);
     this.setState({ role: 'follower', status: 'connecting' });
-    this.post({ t: 'hello', from: this.tabId, channels: this.registry.channels() });
     this.lockAbort = typeof AbortController !== 'undefined' ? new AbortController() : null;
-    this.locks!.request(this.shareKey, { mode: 'exclusive', signal: this.lockAbort?.signal }, () => {
+    const signal = this.lockAbort?.signal;
+    // 1. A lock only this tab holds, for as long as it lives: the leader learns that a tab is gone
+    //    (closed, crashed, or frozen for good) when it is granted that lock — no timers, which
+    //    browsers throttle hard in hidden tabs.
+    this.locks!.request(this.tabLockName(this.tabId), { mode: 'exclusive', signal }, () => {
       if (this.closed) return undefined;
       return new Promise<void>((resolve) => {
-        this.releaseLock = resolve;
-        this.becomeLeader();
+        this.releaseTabLock = resolve;
+        // 2. Only now announce this tab, and queue for leadership.
+        this.post({ t: 'hello', from: this.tabId, channels: this.registry.channels() });
+        this.locks!.request(this.shareKey, { mode: 'exclusive', signal }, () => {
+          if (this.closed) return undefined;
+          return new Promise<void>((release) => {
+            this.releaseLock = release;
+            this.becomeLeader();
+          });
+        }).catch(() => {
+          /* aborted by close() */
+        });
       });
     }).catch(() => {
       /* aborted by close() */
     });
     this.heartbeat = setInterval(() => this.onHeartbeat(), this.heartbeatMs);
-    if (typeof addEventListener === 'function') addEventListener('pagehide', this.onPageHide);
+    if (typeof addEventListener === 'function') {
+      addEventListener('pagehide', this.onPageHide);
+      addEventListener('pageshow', this.onPageShow);
+    }
+  }
+
+  private tabLockName(tabId: string): string {
+    return `${this.shareKey}#tab:${tabId}`;
+  }
+
+  /** Leader: drop a tab's channels as soon as its liveness lock is free (it is gone). */
+  private watchTab(tabId: string): void {
+    if (!this.locks || this.watchers.has(tabId) || tabId === this.tabId) return;
+    const ac = new AbortController();
+    this.watchers.set(tabId, ac);
+    this.locks
+      .request(this.tabLockName(tabId), { mode: 'exclusive', signal: ac.signal }, () => {
+        if (this.watchers.get(tabId) === ac) this.watchers.delete(tabId);
+        if (this.closed || this.state.role !== 'leader') return;
+        this.log('sse: tab gone', tabId);
+        if (this.tabs.delete(tabId)) this.tabsChanged();
+      })
+      .catch(() => {
+        /* aborted */
+      });
   }
 
   private becomeLeader(): void {
@@ -202,7 +254,10 @@ export class SSEClient {
     if (previous && previous !== this.tabId) this.tabs.delete(previous);
     this.leaderId = this.tabId;
     const now = Date.now();
-    for (const t of this.tabs.values()) t.seen = now;
+    for (const [id, t] of this.tabs) {
+      t.seen = now;
+      this.watchTab(id);
+    }
     this.setState({ role: 'leader', tabs: this.tabs.size + 1 });
     this.post({ t: 'leader', from: this.tabId });
     this.startConnection(this.lastEventId);
@@ -295,26 +350,16 @@ export class SSEClient {
     if (this.conn) {
       this.conn.channelsChanged();
       this.broadcastState();
-    } else if (this.bc) {
+    } else if (this.bc && this.releaseTabLock) {
+      // (before the tab lock is held, the coming `hello` carries the list)
       this.post({ t: 'subs', from: this.tabId, channels: this.registry.channels() });
     }
   }
 
+  /** Followers repeat what they want now and then, in case a message was lost in a leader change. */
   private onHeartbeat(): void {
-    if (this.closed) return;
-    if (this.state.role === 'leader') {
-      const cutoff = Date.now() - 3 * this.heartbeatMs;
-      let changed = false;
-      for (const [id, t] of Array.from(this.tabs)) {
-        if (t.seen < cutoff) {
-          this.tabs.delete(id);
-          changed = true;
-        }
-      }
-      if (changed) this.tabsChanged();
-    } else if (this.state.role === 'follower') {
-      this.post({ t: 'subs', from: this.tabId, channels: this.registry.channels() });
-    }
+    if (this.closed || this.state.role !== 'follower' || !this.releaseTabLock) return;
+    this.post({ t: 'subs', from: this.tabId, channels: this.registry.channels() });
   }
 
   private tabsChanged(): void {
@@ -363,6 +408,7 @@ export class SSEClient {
         if (leader) {
           const prev = this.tabs.get(msg.from);
           this.tabs.set(msg.from, { channels, seen: Date.now() });
+          this.watchTab(msg.from);
           if (!prev || prev.channels.join('\n') !== channels.join('\n')) this.tabsChanged();
           else if (msg.t === 'hello') this.broadcastState();
         } else {
@@ -372,6 +418,8 @@ export class SSEClient {
       }
       case 'bye':
         if (this.tabs.delete(msg.from) && leader) this.tabsChanged();
+        this.watchers.get(msg.from)?.abort();
+        this.watchers.delete(msg.from);
         if (!leader && msg.from === this.leaderId) {
           this.leaderId = null;
           this.setState({ status: 'reconnecting', connectionId: null });
@@ -394,7 +442,7 @@ export class SSEClient {
         if (msg.cursor) this.lastEventId = msg.cursor;
         this.setState({ ...msg.state, role: 'follower' });
         const mine = this.registry.channels().join('\n');
-        if ((msg.tabs?.[this.tabId] ?? []).join('\n') !== mine) {
+        if (this.releaseTabLock && (msg.tabs?.[this.tabId] ?? []).join('\n') !== mine) {
           this.post({ t: 'subs', from: this.tabId, channels: this.registry.channels() });
         }
         break;

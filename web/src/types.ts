@@ -133,7 +133,7 @@ export interface SSEClientOptions {
   shareKey?: string;
   /** Send cookies with the EventSource (default true: the session cookie authenticates it). */
   withCredentials?: boolean;
-  /** Follower heartbeat period, ms (default 5000); a follower silent for 3 periods is dropped by the leader. */
+  /** How often a follower tab repeats its channel list to the leader, ms (default 5000). */
   tabHeartbeatMs?: number;
   /** Injection points (tests, non-browser hosts). */
   fetch?: FetchLike;
