@@ -53,7 +53,7 @@ describe('one page, micro-frontends on one connection', () => {
     await ctx?.context.close();
   });
 
-  it('three components receive their own channels over exactly one network connection', async () => {
+  it('three components receive their own channels over exactly one network connection', { timeout: 60000 }, async () => {
     const sent = { logs: [], workflow: [], metrics: [] };
     for (let i = 1; i <= 3; i++) {
       sent.logs.push(await pub.publish('logs:demo:etl-1', { level: 'info', message: `e2e line ${i}` }, 'log'));
@@ -83,7 +83,7 @@ describe('one page, micro-frontends on one connection', () => {
     assert.ok(!ctx.stats.sseRequests[0].includes('token'), 'no token in the SSE URL');
   });
 
-  it('a component mounted later gets its channel added live, without a reconnect', async () => {
+  it('a component mounted later gets its channel added live, without a reconnect', { timeout: 60000 }, async () => {
     const before = await demoState(page);
     await page.getByTestId('toggle-dashboard').check();
     await waitFor(async () => (await connectionsOf(sub))[0]?.channels.includes('dashboards:main'), 'dashboards:main on the connection', 10000);
@@ -98,13 +98,13 @@ describe('one page, micro-frontends on one connection', () => {
     assert.equal(conns[0].connection_id, before.state.connectionId);
   });
 
-  it('unmounting a component releases its channel', async () => {
+  it('unmounting a component releases its channel', { timeout: 60000 }, async () => {
     await page.getByTestId('toggle-dashboard').uncheck();
     await waitFor(async () => !(await connectionsOf(sub))[0]?.channels.includes('dashboards:main'), 'dashboards:main removed', 10000);
     assert.equal((await demoState(page)).state.connects, 1);
   });
 
-  it('a denied channel is reported to the app and the component', async () => {
+  it('a denied channel is reported to the app and the component', { timeout: 60000 }, async () => {
     await page.getByTestId('toggle-restricted').check();
     const denied = page.getByTestId('denied-restricted');
     await denied.waitFor({ timeout: 10000 });
@@ -121,7 +121,7 @@ describe('one page, micro-frontends on one connection', () => {
 });
 
 describe('many tabs, one connection', () => {
-  it('three tabs share one SSE connection; closing the leader moves it to another tab with nothing missing', async () => {
+  it('three tabs share one SSE connection; closing the leader moves it to another tab with nothing missing', { timeout: 60000 }, async () => {
     const sub = 'tabs-user';
     const { context, stats } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
     try {
@@ -181,8 +181,45 @@ describe('many tabs, one connection', () => {
   });
 });
 
+describe('many tabs, one connection (more)', () => {
+  it('ten tabs still hold one SSE connection (past the HTTP/1.1 six-per-host limit)', { timeout: 60000 }, async () => {
+    const sub = 'ten-tabs-user';
+    const { context, stats } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    try {
+      const pages = [];
+      for (let i = 0; i < 10; i++) pages.push(await openDemo(context, gw, { panels: ['logs'] }));
+      assert.equal((await connectionsOf(sub)).length, 1);
+      assert.equal(stats.sseRequests.length, 1);
+      const id = await pub.publish('logs:demo:etl-1', { level: 'info', message: 'to all tabs' }, 'log');
+      for (const p of pages) await waitFor(async () => logIds(await demoState(p)).includes(id), 'every tab to get the event', 10000);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it('a crashed follower tab\'s channels are released by the leader', { timeout: 60000 }, async () => {
+    const sub = 'crash-user';
+    const { context } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    try {
+      const leader = await openDemo(context, gw, { panels: ['logs'] });
+      const follower = await openDemo(context, gw, { panels: ['dashboard'] });
+      assert.equal((await demoState(leader)).state.role, 'leader');
+      await waitFor(async () => (await connectionsOf(sub))[0]?.channels.includes('dashboards:main'), 'the follower\'s channel on the connection', 10000);
+      const cdp = await context.newCDPSession(follower);
+      cdp.send('Page.crash').catch(() => {}); // the renderer dies: no unload, no bye (never answers)
+      await waitFor(async () => {
+        const c = await connectionsOf(sub);
+        return c.length === 1 && !c[0].channels.includes('dashboards:main');
+      }, 'the crashed tab\'s channel to be released', 10000);
+      assert.equal((await demoState(leader)).state.tabs, 1);
+    } finally {
+      await context.close();
+    }
+  });
+});
+
 describe('token expiry', () => {
-  it('refreshes the token through the provider and resumes without losing events', async () => {
+  it('refreshes the token through the provider and resumes without losing events', { timeout: 60000 }, async () => {
     const sub = 'expiry-user';
     // first token lives 6 s; the provider's next ones are long-lived
     const { context, stats } = await demoContext(chrome.browser, gw, {
@@ -226,7 +263,7 @@ describe('token expiry', () => {
 });
 
 describe('gateway restart (in-memory broker)', () => {
-  it('the page receives gap and the app is told', async () => {
+  it('the page receives gap and the app is told', { timeout: 60000 }, async () => {
     const gw2 = await startGateway();
     let pub2 = publisher(gw2);
     const { context } = await demoContext(chrome.browser, gw2);
@@ -255,7 +292,7 @@ describe('gateway restart (in-memory broker)', () => {
 });
 
 describe('demo mode', () => {
-  it('serves the demo page live (simulated services) — screenshot to artifacts/demo.png', async (t) => {
+  it('serves the demo page live (simulated services) — screenshot to artifacts/demo.png', { timeout: 60000 }, async (t) => {
     const gw3 = await startGateway({ mode: 'demo' });
     try {
       const served = await fetch(`${gw3.base}/demo/demo.js`).then((r) => (r.ok ? r.text() : ''));
