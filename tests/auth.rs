@@ -466,3 +466,27 @@ async fn query_token_is_accepted_when_enabled() {
         .await;
     assert_eq!(bad.status(), 401);
 }
+
+#[tokio::test]
+async fn sub_placeholder_grants_only_the_users_own_channel() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    // A sub that is a valid segment, with `@` and `.`.
+    let email = gw.token("user@example.com", &[], &[], 600);
+    let (_s, ready) = gw
+        .open("/api/sse?channels=alerts:user@example.com", &email, None)
+        .await;
+    assert_eq!(ready.channels, ["alerts:user@example.com"]);
+    // Subs that would widen a pattern if substituted textually grant nothing.
+    for sub in ["*", "**", "bob:x", "a b"] {
+        let token = gw.token(sub, &["metrics:{sub}"], &[], 600);
+        for channel in ["alerts:bob", "metrics:ws1"] {
+            let resp = gw
+                .sse_response(&format!("/api/sse?channels={channel}"), Some(&token), None)
+                .await;
+            assert_eq!(resp.status(), 403, "sub {sub:?} reading {channel}");
+        }
+    }
+    let empty = gw.token("", &["metrics:*"], &[], 600);
+    let resp = gw.sse_response(PATH, Some(&empty), None).await;
+    assert_eq!(resp.status(), 401, "an empty sub is not a user");
+}

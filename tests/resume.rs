@@ -704,3 +704,117 @@ async fn shutdown_ends_open_streams_cleanly_after_delivering_everything() {
         .await;
     stream.next_control("gap", WAIT).await;
 }
+
+/// Opens a stream for `staller` on `logs:pad`, stops reading it, publishes until the gateway
+/// closes it as a slow consumer, then checks that the user's only slot is free again.
+async fn slow_consumer_frees_its_slot(http2: bool) {
+    let gw = TestGateway::spawn(|c| {
+        c.sse.queue_events = 16;
+        c.sse.heartbeat_secs = 1;
+        c.limits.max_connections_per_user = 1;
+    })
+    .await;
+    let client = if http2 {
+        reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap()
+    } else {
+        gw.http.clone()
+    };
+    let token = gw.token("staller", &["logs:**"], &[], 600);
+    let resp = tokio::time::timeout(
+        WAIT,
+        client
+            .get(gw.url("/api/sse?channels=logs:pad"))
+            .bearer_auth(&token)
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let version = if http2 {
+        reqwest::Version::HTTP_2
+    } else {
+        reqwest::Version::HTTP_11
+    };
+    assert_eq!(resp.version(), version);
+    let mut staller = SseReader::new(resp);
+    staller.ready(WAIT).await;
+
+    // Stop reading; publish until the gateway gives up on the stream.
+    let mut publisher = gw.publisher("l5-etl-service").await;
+    let padding = Value::String("p".repeat(60_000));
+    let kicked = || gw.gateway().state.metrics.slow_consumer_disconnects.get();
+    let mut published = 0;
+    while kicked() == 0 {
+        assert!(published < 1000, "the stalled stream was never closed");
+        publish(&mut publisher, req("logs:pad", &padding)).await;
+        published += 1;
+    }
+
+    // Its slot is freed: the same user can open a stream again (on HTTP/1.1 the transport is
+    // dropped at once; anything else should take at most a heartbeat).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = gw
+            .sse_response("/api/sse?channels=logs:pad", Some(&token), None)
+            .await;
+        if resp.status() == 200 {
+            break;
+        }
+        assert_eq!(resp.status(), 429);
+        assert!(
+            Instant::now() < deadline,
+            "the closed {version:?} stream still holds the user's only slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the stalled reader, reading again, finds its stream ended.
+    let (_frames, how) = staller.drain(WAIT).await;
+    assert!(!matches!(how, Err(ReadError::Timeout)), "the stream ended");
+}
+
+#[tokio::test]
+async fn slow_consumer_over_http1_is_closed_and_frees_its_slot() {
+    slow_consumer_frees_its_slot(false).await;
+}
+
+/// Browsers reach the gateway over HTTP/2 (TLS with ALPN h2). A slow consumer there cannot be
+/// dropped with its TCP connection (other streams share it): its stream itself must end, so
+/// that it stops counting against the per-user limit and the gateway's open streams.
+#[tokio::test]
+async fn slow_consumer_over_http2_is_closed_and_frees_its_slot() {
+    slow_consumer_frees_its_slot(true).await;
+}
+
+#[tokio::test]
+async fn live_additions_respect_the_channel_limit() {
+    let gw = TestGateway::spawn(|c| c.limits.max_channels_per_connection = 2).await;
+    let alice = gw.token("alice", &["metrics:*"], &[], 600);
+    let (mut stream, ready) = gw.open("/api/sse?channels=metrics:a", &alice, None).await;
+    let resp = gw
+        .http
+        .post(gw.url("/api/sse/subscriptions"))
+        .bearer_auth(&alice)
+        .json(&json!({
+            "connection_id": ready.connection_id,
+            "add": ["metrics:b", "metrics:c", "metrics:a"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let outcome: Value = resp.json().await.unwrap();
+    assert_eq!(outcome["channels"], json!(["metrics:a", "metrics:b"]));
+    assert_eq!(outcome["denied"][0]["channel"], "metrics:c", "{outcome}");
+    assert!(
+        outcome["denied"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains('2'),
+        "{outcome}"
+    );
+    assert_eq!(stream.next_control("subscriptions", WAIT).await, outcome);
+}

@@ -293,3 +293,42 @@ async fn many_subscribers_each_get_every_event_once() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_stream_works_over_http2() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let token = gw.token("alice", &["metrics:*"], &[], 600);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let resp = tokio::time::timeout(
+            WAIT,
+            h2.get(gw.url("/api/sse?channels=metrics:ws1"))
+                .bearer_auth(&token)
+                .send(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let mut stream = SseReader::new(resp);
+        stream.ready(WAIT).await;
+        streams.push(stream);
+    }
+    let mut client = gw.publisher("analytics-service").await;
+    let resp = publish(&mut client, req("metrics:ws1", &json!({"over": "h2"}))).await;
+    assert_eq!(
+        resp.delivered, 3,
+        "three streams multiplexed on one connection"
+    );
+    for stream in &mut streams {
+        let env = stream.next_data(WAIT).await;
+        assert_eq!(env.id, resp.id);
+        assert_eq!(env.payload, json!({"over": "h2"}));
+    }
+}
