@@ -343,6 +343,23 @@ describe('SSEClient: gap, expiry, denial', () => {
     expect(denied[0]![0]!.reason).toMatch(/invalid/);
   });
 
+  it('a stream refused with 401 (cookie gone stale) gets a fresh token from the provider', async () => {
+    const reasons: string[] = [];
+    const c = client({
+      getToken: ({ reason }: { reason: string }) => {
+        reasons.push(reason);
+        return `tok-${reasons.length}`;
+      },
+    });
+    c.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    gw.probeStatus = 401;
+    FakeEventSource.latest().fail(true);
+    await until(() => FakeEventSource.instances.length === 2, 'reconnect');
+    expect(reasons).toEqual(['initial', 'unauthorized']);
+    expect(gw.callsTo('/api/sse/session').map((x) => x.headers.authorization)).toEqual(['Bearer tok-1', 'Bearer tok-2']);
+  });
+
   it('waits Retry-After on 429', async () => {
     gw.probeStatus = 429;
     gw.probeHeaders = { 'Retry-After': '20' };
