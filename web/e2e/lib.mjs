@@ -114,6 +114,12 @@ export function killAllGateways() {
   running.clear();
 }
 process.on('exit', killAllGateways);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    killAllGateways();
+    process.exit(1);
+  });
+}
 
 async function spawnGateway(mode, config) {
   const proc = spawn(BIN, [mode, '--config', config], {
