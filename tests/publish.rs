@@ -651,3 +651,51 @@ async fn grpc_health_and_reflection_are_served() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn configured_event_size_limit_is_enforced() {
+    let gw = TestGateway::spawn(|c| c.limits.max_event_bytes = 1000).await;
+    let (mut stream, _) = alice_on(&gw, &["logs:ws1:wf1"]).await;
+    let mut client = gw.publisher("l5-etl-service").await;
+    let over = format!("\"{}\"", "a".repeat(999));
+    let status = publish_err(&mut client, req_raw("logs:ws1:wf1", &over)).await;
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("1000"), "{}", status.message());
+    let at = format!("\"{}\"", "a".repeat(998));
+    let resp = publish(&mut client, req_raw("logs:ws1:wf1", &at)).await;
+    assert_eq!(stream.next_data(WAIT).await.id, resp.id);
+}
+
+#[tokio::test]
+async fn publisher_rate_limit_is_resource_exhausted_and_per_publisher() {
+    let gw = TestGateway::spawn(|c| c.limits.publisher_events_per_sec = 10).await;
+    let (mut stream, _) = alice_on(&gw, &["logs:ws1:wf1", "metrics:ws1"]).await;
+    let mut l5 = gw.publisher("l5-etl-service").await;
+    let batch = |n: usize| PublishBatchRequest {
+        events: (0..n)
+            .map(|i| req("logs:ws1:wf1", &json!({"i": i})))
+            .collect(),
+    };
+    // A burst of one second's worth passes; more right after it does not.
+    let ok = l5
+        .publish_batch(batch(10))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(ok.len(), 10);
+    let status = l5.publish_batch(batch(10)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("rate"), "{}", status.message());
+    // Another publisher has its own budget.
+    let mut analytics = gw.publisher("analytics-service").await;
+    let other = publish(&mut analytics, req("metrics:ws1", &json!("other"))).await;
+    for r in &ok {
+        assert_eq!(stream.next_data(WAIT).await.id, r.id);
+    }
+    assert_eq!(
+        stream.next_data(WAIT).await.id,
+        other.id,
+        "nothing of the rejected batch was published"
+    );
+}
