@@ -332,3 +332,74 @@ async fn the_stream_works_over_http2() {
         assert_eq!(env.payload, json!({"over": "h2"}));
     }
 }
+
+/// The HTTP listener with `[http] tls_cert`/`tls_key`: ALPN offers h2 and http/1.1, and the
+/// session cookie gets `Secure`. (reqwest is built without TLS here, so this speaks HTTP/1.1
+/// over tokio-rustls by hand.)
+#[tokio::test]
+async fn https_listener_negotiates_h2_and_sets_secure_cookies() {
+    use std::sync::Arc;
+
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let gw = TestGateway::spawn(|c| {
+        c.http.tls_cert = "server.pem".into();
+        c.http.tls_key = "server-key.pem".into();
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(gw.pki_file("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let connect = |alpn: &[&[u8]]| {
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let addr = gw.http_addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio::time::timeout(
+                WAIT,
+                connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+        }
+    };
+    let h2 = connect(&[b"h2", b"http/1.1"]).await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    drop(h2);
+
+    let mut tls = connect(&[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let token = gw.token("alice", &["metrics:*"], &[], 600);
+    let request = format!(
+        "POST /api/sse/session HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, tls.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "response head before EOF");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no Set-Cookie in {head}"));
+    assert!(
+        cookie.split(';').any(|a| a.trim() == "Secure"),
+        "Secure behind TLS: {cookie}"
+    );
+}
