@@ -331,16 +331,32 @@ impl Hub {
             return 0;
         };
         let mut delivered = 0;
+        let mut kicked = Vec::new();
         for conn in subs.values() {
-            if event.admits(&conn.sub, &conn.roles)
-                && conn.offer(Item::Event(event.clone()), &self.metrics)
-            {
+            if !event.admits(&conn.sub, &conn.roles) {
+                continue;
+            }
+            if conn.offer(Item::Event(event.clone()), &self.metrics) {
                 delivered += 1;
+            } else if conn.closed.is_cancelled() {
+                kicked.push(conn.clone());
             }
         }
         drop(inner);
+        // Unregister closed connections now: a stalled HTTP/2 stream is not polled, so its own
+        // clean-up may not run until the client reads again.
+        for conn in &kicked {
+            self.remove(conn);
+        }
         self.metrics.events_delivered.inc_by(u64::from(delivered));
         delivered
+    }
+
+    /// Queues a control frame for one connection; unregisters it when its queue overflows.
+    pub fn send_control(&self, connection: &Arc<Connection>, frame: Bytes) {
+        if !connection.send_control(frame, &self.metrics) && connection.closed.is_cancelled() {
+            self.remove(connection);
+        }
     }
 
     /// Looks up a connection by id.

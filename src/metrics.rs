@@ -70,12 +70,10 @@ impl Metrics {
             "Streams closed because their queue overflowed",
             slow_consumer_disconnects.clone(),
         );
-        let publish_to_write_seconds = Histogram::new(
-            [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5,
-            ],
-        );
+        let publish_to_write_seconds = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ]);
         registry.register(
             "publish_to_write_seconds",
             "Seconds from accept to the frame being written to the stream",

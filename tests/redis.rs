@@ -21,7 +21,12 @@ fn prefix(test: &str) -> String {
 }
 
 /// Spawns a node on the Redis broker at `url` with `prefix` and the shared `secret` ("" = its own).
-async fn node(url: &str, prefix: &str, secret: &str, tweak: impl FnOnce(&mut sse_gateway::config::RawConfig)) -> TestGateway {
+async fn node(
+    url: &str,
+    prefix: &str,
+    secret: &str,
+    tweak: impl FnOnce(&mut sse_gateway::config::RawConfig),
+) -> TestGateway {
     let (url, prefix, secret) = (url.to_owned(), prefix.to_owned(), secret.to_owned());
     TestGateway::spawn(move |raw| {
         raw.broker.kind = "redis".into();
@@ -79,14 +84,20 @@ async fn cursor_from_one_node_resumes_exactly_on_the_other() {
             .into_inner();
         expected.extend(resp.results.into_iter().map(|r| r.id));
     }
-    let (mut on_a, _) = a.open("/api/sse?channels=logs:ws1", &token, Some(&first.id)).await;
+    let (mut on_a, _) = a
+        .open("/api/sse?channels=logs:ws1", &token, Some(&first.id))
+        .await;
     for (i, id) in expected.iter().enumerate() {
         let env = on_a.next_data(WAIT).await;
         assert_eq!(&env.id, id, "event {i} in order");
         assert_eq!(env.payload, json!({"n": 1 + i}));
     }
     let live = publish(&mut pubr, req("logs:ws1", &json!({"n": "live"}))).await;
-    assert_eq!(on_a.next_data(WAIT).await.id, live.id, "live after replay, no duplicate");
+    assert_eq!(
+        on_a.next_data(WAIT).await.id,
+        live.id,
+        "live after replay, no duplicate"
+    );
 }
 
 #[tokio::test]
@@ -103,9 +114,15 @@ async fn node_restart_subscribers_resume_on_the_other_node() {
     on_a.expect_end(WAIT).await;
     let mut missed = Vec::new();
     for v in 2..12 {
-        missed.push(publish(&mut pub_b, req("metrics:ws9", &json!({"v": v}))).await.id);
+        missed.push(
+            publish(&mut pub_b, req("metrics:ws9", &json!({"v": v})))
+                .await
+                .id,
+        );
     }
-    let (mut on_b, _) = b.open("/api/sse?channels=metrics:ws9", &token, Some(&seen.id)).await;
+    let (mut on_b, _) = b
+        .open("/api/sse?channels=metrics:ws9", &token, Some(&seen.id))
+        .await;
     for id in &missed {
         assert_eq!(&on_b.next_data(WAIT).await.id, id);
     }
@@ -120,9 +137,13 @@ async fn trimmed_history_is_reported_as_gap() {
     let first = publish(&mut pubr, req("logs:ws1", &json!({"n": 0}))).await;
     let mut last = String::new();
     for n in 1..50 {
-        last = publish(&mut pubr, req("logs:ws1", &json!({"n": n}))).await.id;
+        last = publish(&mut pubr, req("logs:ws1", &json!({"n": n})))
+            .await
+            .id;
     }
-    let (mut stream, _) = a.open("/api/sse?channels=logs:ws1", &token, Some(&first.id)).await;
+    let (mut stream, _) = a
+        .open("/api/sse?channels=logs:ws1", &token, Some(&first.id))
+        .await;
     let gap = stream.next_control("gap", WAIT).await;
     assert_eq!(gap["channels"], json!(["logs:ws1"]));
     // Then what is retained, ending with the newest.
@@ -130,11 +151,21 @@ async fn trimmed_history_is_reported_as_gap() {
     while got.last() != Some(&last) {
         got.push(stream.next_data(WAIT).await.id);
     }
-    assert!(got.len() <= 10 && !got.is_empty(), "{} retained events replayed", got.len());
+    assert!(
+        got.len() <= 10 && !got.is_empty(),
+        "{} retained events replayed",
+        got.len()
+    );
     // A cursor inside retention resumes without a gap.
-    let (mut fresh, _) = a.open("/api/sse?channels=logs:ws1", &token, Some(&got[0])).await;
+    let (mut fresh, _) = a
+        .open("/api/sse?channels=logs:ws1", &token, Some(&got[0]))
+        .await;
     let next = fresh.next_event(WAIT).await;
-    assert!(next.event.is_none(), "no gap inside retention: {:?}", next.raw);
+    assert!(
+        next.event.is_none(),
+        "no gap inside retention: {:?}",
+        next.raw
+    );
 }
 
 #[tokio::test]
@@ -170,7 +201,9 @@ impl CutProxy {
         let (c, set) = (cut.clone(), conns.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if c.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -199,7 +232,10 @@ impl CutProxy {
 async fn redis_outage_fails_fast_keeps_streams_and_loses_nothing_acked() {
     let p = prefix("outage");
     let proxy = CutProxy::start().await;
-    let a = node(&format!("redis://{}", proxy.addr), &p, "", |raw| raw.sse.heartbeat_secs = 1).await;
+    let a = node(&format!("redis://{}", proxy.addr), &p, "", |raw| {
+        raw.sse.heartbeat_secs = 1
+    })
+    .await;
     // B talks to Redis directly and keeps publishing while A is cut off.
     let b = node(&redis_url(), &p, &a.secret, |_| {}).await;
     let token = a.token("alice", &["logs:**"], &[], 600);
@@ -208,29 +244,49 @@ async fn redis_outage_fails_fast_keeps_streams_and_loses_nothing_acked() {
     let mut pub_b = b.publisher("l5-etl-service").await;
     let mut acked = Vec::new();
     for n in 0..10 {
-        acked.push(publish(&mut pub_a, req("logs:ws1", &json!({"n": n}))).await.id);
+        acked.push(
+            publish(&mut pub_a, req("logs:ws1", &json!({"n": n})))
+                .await
+                .id,
+        );
     }
     assert_eq!(a.get("/ready", None).await.status(), 200);
 
     proxy.cut();
-    let status = tokio::time::timeout(Duration::from_secs(5), pub_a.publish(req("logs:ws1", &json!({"n": "lost"}))))
-        .await
-        .expect("a publish during the outage answers quickly")
-        .expect_err("a publish during the outage fails");
+    let status = tokio::time::timeout(
+        Duration::from_secs(5),
+        pub_a.publish(req("logs:ws1", &json!({"n": "lost"}))),
+    )
+    .await
+    .expect("a publish during the outage answers quickly")
+    .expect_err("a publish during the outage fails");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(a.get("/ready", None).await.status(), 503);
     for n in 10..20 {
-        acked.push(publish(&mut pub_b, req("logs:ws1", &json!({"n": n}))).await.id);
+        acked.push(
+            publish(&mut pub_b, req("logs:ws1", &json!({"n": n})))
+                .await
+                .id,
+        );
     }
     // The stream on A stays open: heartbeats keep coming.
+    let mut live = Vec::new();
     loop {
         let frame = on_a.next_frame(WAIT).await;
         if frame.is_comment() && frame.comments.iter().any(|c| c == "ping") {
             break;
         }
-        assert!(frame.event.is_none() || frame.event.as_deref() == Some("gap") , "unexpected {:?}", frame.raw);
+        assert!(
+            frame.event.is_none() || frame.event.as_deref() == Some("gap"),
+            "unexpected {:?}",
+            frame.raw
+        );
         if let Some(id) = frame.id {
-            assert!(acked[..10].contains(&id), "only pre-outage events before the cut: {id}");
+            assert!(
+                acked[..10].contains(&id),
+                "only pre-outage events before the cut: {id}"
+            );
+            live.push(id);
         }
     }
 
@@ -240,23 +296,35 @@ async fn redis_outage_fails_fast_keeps_streams_and_loses_nothing_acked() {
         if a.get("/ready", None).await.status() == 200 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "A ready again after Redis is back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A ready again after Redis is back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for n in 20..25 {
-        acked.push(publish(&mut pub_a, req("logs:ws1", &json!({"n": n}))).await.id);
+        acked.push(
+            publish(&mut pub_a, req("logs:ws1", &json!({"n": n})))
+                .await
+                .id,
+        );
     }
     // Every acked event reaches A's subscriber exactly once, in order.
-    let (mut fresh, _) = a.open("/api/sse?channels=logs:ws1", &token, Some(&acked[0])).await;
+    let (mut fresh, _) = a
+        .open("/api/sse?channels=logs:ws1", &token, Some(&acked[0]))
+        .await;
     for id in &acked[1..] {
         assert_eq!(&fresh.next_data(WAIT).await.id, id);
     }
-    let mut live = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
     while live.len() < acked.len() {
-        let frame = on_a.next_frame(WAIT).await;
+        let frame = on_a.next_frame(deadline).await;
         if let (true, Some(id)) = (frame.is_message(), frame.id.clone()) {
             live.push(id);
         }
     }
-    assert_eq!(live, acked, "the open stream caught up without gap or duplicate");
+    assert_eq!(
+        live, acked,
+        "the open stream caught up without gap or duplicate"
+    );
 }

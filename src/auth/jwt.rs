@@ -145,18 +145,21 @@ impl JwtVerifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = cfg.leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present in the token, not merely match when present.
+        let mut required = vec!["exp", "sub"];
         if cfg.issuer.is_empty() {
             validation.iss = None;
         } else {
             validation.set_issuer(&[&cfg.issuer]);
-            validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+            required.push("iss");
         }
         if cfg.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&[&cfg.audience]);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self {
             algorithm,
             keys,
@@ -203,6 +206,8 @@ impl JwtVerifier {
                 ErrorKind::InvalidAlgorithm => "token algorithm not accepted",
                 ErrorKind::MissingRequiredClaim(c) if c == "sub" => "token has no sub claim",
                 ErrorKind::MissingRequiredClaim(c) if c == "exp" => "token has no exp claim",
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => "token has no aud claim",
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => "token has no iss claim",
                 ErrorKind::MissingRequiredClaim(_) => "token misses a required claim",
                 _ => "malformed token",
             })

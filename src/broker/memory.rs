@@ -77,6 +77,11 @@ impl MemoryLog {
         Some(Position { major: 0, minor })
     }
 
+    /// See [`super::Broker::head_cursor`].
+    pub fn head_cursor(&self) -> String {
+        self.cursor(self.head().minor)
+    }
+
     /// See [`super::Broker::head`].
     pub fn head(&self) -> Position {
         Position {

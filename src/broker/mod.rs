@@ -96,6 +96,15 @@ impl Broker {
         }
     }
 
+    /// The cursor of the newest event in the log (a stream that starts now is complete after
+    /// it); `None` when the log cannot be reached.
+    pub async fn head_cursor(&self) -> Option<String> {
+        match self {
+            Self::Memory(log) => Some(log.head_cursor()),
+            Self::Redis(log) => log.head().await.ok().map(RedisLog::cursor),
+        }
+    }
+
     /// The last position of the log (the live hand-over point).
     ///
     /// # Errors

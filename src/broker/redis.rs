@@ -6,14 +6,14 @@
 //! Redis is unreachable, publishes fail fast with `UNAVAILABLE`, streams stay open, and the tail
 //! resumes from its last id when Redis is back: nothing Redis accepted is skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, Value};
+use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use super::{AppendOutcome, ReadBatch};
@@ -34,8 +34,13 @@ const EXACT_TRIM_MAX: usize = 10_000;
 /// Appends a batch: for each event, returns `{id, duplicate}`.
 /// KEYS[1] = stream; ARGV = maxlen-mode, maxlen, dedupe-ttl, n, then 6 per event:
 /// dedupe key ('' = none), channel, event, payload, audience ('' = none), ts.
+/// Each entry also records its predecessor's id (`v`), so a reader can tell whether entries
+/// after a cursor were trimmed (a gap) even though Redis does not record trimming.
 const APPEND_SCRIPT: &str = r"
 local mode, maxlen, ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = '0-0'
+if #newest > 0 then prev = newest[1][1] end
 local out = {}
 for i = 0, n - 1 do
   local b = 5 + i * 6
@@ -47,11 +52,12 @@ for i = 0, n - 1 do
   else
     local id
     if ARGV[b + 4] ~= '' then
-      id = redis.call('XADD', KEYS[1], 'MAXLEN', mode, maxlen, '*', 'c', ARGV[b + 1], 'e', ARGV[b + 2], 'p', ARGV[b + 3], 't', ARGV[b + 5], 'a', ARGV[b + 4])
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', mode, maxlen, '*', 'c', ARGV[b + 1], 'e', ARGV[b + 2], 'p', ARGV[b + 3], 't', ARGV[b + 5], 'v', prev, 'a', ARGV[b + 4])
     else
-      id = redis.call('XADD', KEYS[1], 'MAXLEN', mode, maxlen, '*', 'c', ARGV[b + 1], 'e', ARGV[b + 2], 'p', ARGV[b + 3], 't', ARGV[b + 5])
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', mode, maxlen, '*', 'c', ARGV[b + 1], 'e', ARGV[b + 2], 'p', ARGV[b + 3], 't', ARGV[b + 5], 'v', prev)
     end
     if key ~= '' then redis.call('SET', key, id, 'EX', ttl) end
+    prev = id
     out[#out + 1] = {id, 0}
   end
 end
@@ -147,6 +153,11 @@ impl RedisLog {
         Ok(log)
     }
 
+    /// Renders a position of this log as a cursor.
+    pub fn cursor(pos: Position) -> String {
+        cursor_of(pos)
+    }
+
     /// Parses a cursor of this log.
     pub fn parse_cursor(cursor: &str) -> Option<Position> {
         parse_id(cursor)
@@ -223,26 +234,39 @@ impl RedisLog {
             .collect())
     }
 
-    /// `max-deleted-entry-id` and `last-generated-id` of the stream; `None` when it does not exist.
-    async fn trim_marks(&self) -> Result<Option<(Position, Position)>, GatewayError> {
+    /// The predecessor of the oldest retained entry and the newest id; `None` when the log is empty.
+    async fn bounds(&self) -> Result<Option<(Position, Position)>, GatewayError> {
         let mut conn = self.conn.clone();
-        let reply: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
-            .arg("STREAM")
+        let (first, last): (StreamRangeReply, StreamRangeReply) = redis::pipe()
+            .atomic()
+            .cmd("XRANGE")
             .arg(&self.stream_key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(&self.stream_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
             .query_async(&mut conn)
-            .await;
-        let info = match reply {
-            Ok(info) => info,
-            Err(e) if e.to_string().contains("no such key") => return Ok(None),
-            Err(e) => return Err(unavailable(&e)),
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let (Some(first), Some(last)) = (first.ids.first(), last.ids.first()) else {
+            return Ok(None);
         };
-        let id = |name: &str| {
-            info.get(name)
-                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                .and_then(|s| parse_id(&s))
-                .unwrap_or_default()
+        let Some(last) = parse_id(&last.id) else {
+            return Ok(None);
         };
-        Ok(Some((id("max-deleted-entry-id"), id("last-generated-id"))))
+        // Entries written without a predecessor mark: assume the oldest one's own id.
+        let before_first = first
+            .get::<String>("v")
+            .and_then(|v| parse_id(&v))
+            .or_else(|| parse_id(&first.id))
+            .unwrap_or_default();
+        Ok(Some((before_first, last)))
     }
 
     /// See [`super::Broker::read_after`].
@@ -255,7 +279,7 @@ impl RedisLog {
         channels: &HashSet<ChannelName>,
         limit: usize,
     ) -> Result<ReadBatch, GatewayError> {
-        let Some((deleted, last)) = self.trim_marks().await? else {
+        let Some((before_first, last)) = self.bounds().await? else {
             // No log at all: any real cursor's events are gone.
             return Ok(ReadBatch {
                 gap: after > Position::default(),
@@ -265,7 +289,8 @@ impl RedisLog {
             });
         };
         let mut batch = ReadBatch {
-            gap: deleted > after || after > last,
+            // Entries between the cursor and the oldest retained one were trimmed.
+            gap: before_first > after || after > last,
             last: after.max(last),
             done: true,
             events: Vec::new(),

@@ -34,6 +34,9 @@ const COALESCE: usize = 256;
 #[derive(Serialize)]
 struct Ready<'a> {
     connection_id: &'a str,
+    /// The stream carries every event after this cursor: the resume cursor when valid, else
+    /// the log's head at registration. A client that has seen no event yet resumes from it.
+    cursor: Option<&'a str>,
     channels: &'a [ChannelName],
     denied: &'a [Denied],
 }
@@ -125,20 +128,27 @@ pub async fn stream(
     })?;
     tracing::debug!(connection = %registration.connection.id, sub = %user.sub, channels = granted.len(), "stream opened");
 
+    let replay = cursor
+        .as_deref()
+        .map(|c| match state.broker.parse_cursor(c) {
+            Some(pos) => Replay::From(pos),
+            None => Replay::Foreign,
+        });
+    let start = match (&replay, cursor) {
+        (Some(Replay::From(_)), Some(c)) => Some(c),
+        _ => state.broker.head_cursor().await,
+    };
     let mut first = BytesMut::new();
     first.extend_from_slice(format!("retry: {}\n\n", sse.retry_ms).as_bytes());
     first.extend_from_slice(&render_control(
         "ready",
         &Ready {
             connection_id: &registration.connection.id,
+            cursor: start.as_deref(),
             channels: &granted,
             denied: &denied,
         },
     ));
-    let replay = cursor.map(|c| match state.broker.parse_cursor(&c) {
-        Some(pos) => Replay::From(pos),
-        None => Replay::Foreign,
-    });
     let expires_in = user
         .exp
         .saturating_mul(1000)

@@ -88,6 +88,8 @@ pub async fn change(
     }
     let channels = state.hub.update_channels(&conn, &accepted, &remove);
     let outcome = Outcome { channels, denied };
-    conn.send_control(render_control("subscriptions", &outcome), &state.metrics);
+    state
+        .hub
+        .send_control(&conn, render_control("subscriptions", &outcome));
     Ok(Json(outcome))
 }
