@@ -10,6 +10,7 @@ import {
   DEMO_DIST,
   demoContext,
   demoState,
+  holdSessionExchanges,
   killAllGateways,
   launchBrowser,
   mintToken,
@@ -212,6 +213,68 @@ describe('many tabs, one connection (more)', () => {
         return c.length === 1 && !c[0].channels.includes('dashboards:main');
       }, 'the crashed tab\'s channel to be released', 10000);
       assert.equal((await demoState(leader)).state.tabs, 1);
+    } finally {
+      await context.close();
+    }
+  });
+});
+
+describe('resume from ready.cursor before any event', () => {
+  const lastEventIdOf = (url) => new URL(url).searchParams.get('last_event_id');
+
+  it('a reconnect before the first event misses nothing published while disconnected', { timeout: 60000 }, async () => {
+    const sub = 'ready-cursor-user';
+    const { context, stats } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    try {
+      const page = await openDemo(context, gw, { panels: ['logs'] });
+      const before = await demoState(page);
+      assert.deepEqual(before.received, []);
+      assert.equal(typeof before.lastEventId, 'string', 'ready.cursor adopted as the resume point');
+      assert.equal(lastEventIdOf(stats.sseRequests[0]), null, 'the first stream had no cursor to send');
+
+      const hold = await holdSessionExchanges(context);
+      await page.evaluate(() => window.__sseDemo.client.reconnect());
+      await waitFor(() => hold.held() === 1, 'the reconnect to start (old stream closed)', 10000);
+      const id = await pub.publish('logs:demo:etl-1', { level: 'info', message: 'while disconnected' }, 'log');
+      await hold.release();
+
+      await waitFor(async () => logIds(await demoState(page)).includes(id), 'the event published during the reconnect', 10000);
+      const s = await demoState(page);
+      assert.deepEqual(logIds(s), [id], 'received once');
+      assert.deepEqual(s.gaps, []);
+      assert.equal(s.state.connects, 2);
+      assert.equal(stats.sseRequests.length, 2);
+      assert.equal(lastEventIdOf(stats.sseRequests[1]), before.lastEventId, 'the new stream resumed from ready.cursor');
+      assert.equal(s.lastEventId, id);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it('a leader change before the first event misses nothing published during the takeover', { timeout: 60000 }, async () => {
+    const sub = 'ready-cursor-tabs-user';
+    const { context, stats } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    try {
+      const leader = await openDemo(context, gw, { panels: ['logs'] });
+      const follower = await openDemo(context, gw, { panels: ['logs'] });
+      const cursor = (await demoState(leader)).lastEventId;
+      assert.equal(typeof cursor, 'string');
+      assert.equal((await demoState(leader)).state.role, 'leader');
+      await waitFor(async () => (await demoState(follower)).lastEventId === cursor, 'the follower to learn the leader\'s cursor', 10000);
+
+      const hold = await holdSessionExchanges(context);
+      await leader.close();
+      await waitFor(() => hold.held() === 1, 'the follower to take over', 10000);
+      const id = await pub.publish('logs:demo:etl-1', { level: 'info', message: 'during the takeover' }, 'log');
+      await hold.release();
+
+      await waitFor(async () => logIds(await demoState(follower)).includes(id), 'the event published during the takeover', 10000);
+      const s = await demoState(follower);
+      assert.equal(s.state.role, 'leader');
+      assert.deepEqual(logIds(s), [id], 'received once');
+      assert.deepEqual(s.gaps, []);
+      assert.equal(stats.sseRequests.length, 2);
+      assert.equal(lastEventIdOf(stats.sseRequests[1]), cursor, 'the new leader resumed from ready.cursor');
     } finally {
       await context.close();
     }

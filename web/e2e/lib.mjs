@@ -291,6 +291,30 @@ export async function demoContext(browser, gw, { token = () => mintToken(), real
   return { context, stats };
 }
 
+/**
+ * Holds every `POST /api/sse/session` of `context` (a connection attempt's first request, made
+ * after the old stream is closed) until `release()`: the browser stays disconnected meanwhile.
+ */
+export async function holdSessionExchanges(context) {
+  let open;
+  const gate = new Promise((r) => (open = r));
+  let held = 0;
+  const match = (url) => url.pathname === '/api/sse/session';
+  const handler = async (route) => {
+    held++;
+    await gate;
+    await route.continue().catch(() => {});
+  };
+  await context.route(match, handler);
+  return {
+    held: () => held,
+    async release() {
+      open();
+      await context.unroute(match, handler);
+    },
+  };
+}
+
 /** Opens the demo page and waits for its connection to be open. */
 export async function openDemo(context, gw, { panels } = {}) {
   const page = await context.newPage();

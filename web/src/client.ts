@@ -125,7 +125,10 @@ export class SSEClient {
 
   getState = (): SSEState => this.state;
 
-  /** Cursor of the last event this tab saw. */
+  /**
+   * The resume cursor: the id of the last event this tab saw or, before the first event, the
+   * gateway's `ready.cursor` (null until the first `ready`).
+   */
   getLastEventId(): string | null {
     return this.lastEventId;
   }
@@ -295,8 +298,10 @@ export class SSEClient {
           this.post({ t: 'msg', from: this.tabId, m });
         },
         onReady: (info) => {
+          this.adoptCursor(info.cursor);
           this.emitter.emit('ready', info);
           this.post({ t: 'ready', from: this.tabId, info });
+          this.broadcastState();
         },
         onGap: (channels) => {
           const gap = { channels, at: Date.now() };
@@ -461,7 +466,9 @@ export class SSEClient {
         if (!leader) this.emitter.emit('expired', { at: msg.at });
         break;
       case 'ready':
-        if (!leader) this.emitter.emit('ready', msg.info);
+        if (leader) break;
+        this.adoptCursor(msg.info?.cursor);
+        this.emitter.emit('ready', msg.info);
         break;
       case 'subscriptions':
         if (!leader) this.emitter.emit('subscriptions', msg.info);
@@ -470,6 +477,14 @@ export class SSEClient {
   }
 
   // ---- local delivery ----------------------------------------------------------------------
+
+  /**
+   * `ready.cursor` becomes the resume point only while this tab has none (no event seen yet): it
+   * never replaces a cursor, which would move it backwards.
+   */
+  private adoptCursor(cursor: string | null | undefined): void {
+    if (!this.lastEventId && typeof cursor === 'string' && cursor !== '') this.lastEventId = cursor;
+  }
 
   private deliverMessage(m: SSEMessage): void {
     if (!m || typeof m.channel !== 'string') return;

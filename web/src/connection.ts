@@ -303,6 +303,11 @@ export class Connection {
       const info = parse<ReadyInfo>(e.data);
       if (!info) return;
       gotReady = true;
+      const cursor = typeof info.cursor === 'string' && info.cursor !== '' ? info.cursor : null;
+      // The stream is complete after `cursor`. With no cursor of our own yet (no event seen), it
+      // becomes the resume point, so a reconnect before the first event misses nothing. Never
+      // replaces a cursor we already have (that would move it backwards).
+      if (!this.lastEventId && cursor) this.lastEventId = cursor;
       this.connectionId = info.connection_id;
       this.granted = new Set(info.channels ?? []);
       const fresh = this.absorbDenied(info.denied ?? []);
@@ -316,7 +321,7 @@ export class Connection {
         attempt: 0,
         error: null,
       });
-      this.hooks.onReady({ connection_id: info.connection_id, channels: info.channels ?? [], denied: info.denied ?? [] });
+      this.hooks.onReady({ connection_id: info.connection_id, cursor, channels: info.channels ?? [], denied: info.denied ?? [] });
       if (fresh.length) this.hooks.onDenied(fresh);
       // Subscribers that came or went while connecting.
       void this.reconcile();

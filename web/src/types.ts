@@ -44,6 +44,13 @@ export interface GapInfo {
 
 export interface ReadyInfo {
   connection_id: string;
+  /**
+   * The stream carries every event after this cursor: the resume cursor the client sent (when the
+   * gateway accepted it), else the log's head when the stream was registered. Null when the gateway
+   * did not send one (broker unreachable, or an older gateway). A client that has seen no event
+   * yet resumes from it.
+   */
+  cursor: string | null;
   channels: string[];
   denied: DeniedChannel[];
 }

@@ -199,6 +199,80 @@ describe('SSEClient: reconnect with backoff, resume by cursor', () => {
     expect(c.getState()).toMatchObject({ connectionId: 'conn-2', attempt: 0, connects: 2 });
   });
 
+  it('before any event, resumes from ready.cursor (events published during the first reconnect are not missed)', async () => {
+    const c = client();
+    const readies: (string | null)[] = [];
+    c.on('ready', (r) => readies.push(r.cursor));
+    const got: string[] = [];
+    c.subscribe('logs:demo:etl-1', (m) => got.push(m.id));
+    await until(() => FakeEventSource.instances.length === 1, 'EventSource');
+    const es = FakeEventSource.latest();
+    expect(es.lastEventIdParam).toBeNull();
+    gw.accept(es, 'conn-1', 'h-7');
+    await until(() => c.getState().status === 'open', 'open');
+    expect(readies).toEqual(['h-7']);
+    expect(c.getLastEventId()).toBe('h-7');
+
+    // no event yet; the stream drops, and the reconnect asks for everything after the head it saw
+    es.fail();
+    await until(() => FakeEventSource.instances.length === 2, 'second EventSource');
+    const es2 = FakeEventSource.latest();
+    expect(es2.lastEventIdParam).toBe('h-7');
+    gw.accept(es2, 'conn-2', 'h-7');
+    es2.message('logs:demo:etl-1', 'h-8'); // published while disconnected: replayed
+    expect(got).toEqual(['h-8']);
+
+    // an explicit reconnect carries the event's cursor, not the older ready.cursor
+    c.reconnect();
+    await until(() => FakeEventSource.instances.length === 3, 'third EventSource');
+    expect(FakeEventSource.latest().lastEventIdParam).toBe('h-8');
+  });
+
+  it('never moves its cursor backwards: ready.cursor is adopted only while it has none', async () => {
+    const c = client();
+    c.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'EventSource');
+    const es = FakeEventSource.latest();
+    gw.accept(es, 'conn-1', 'h-3');
+    es.message('logs:demo:etl-1', 'h-4');
+    es.message('logs:demo:etl-1', 'h-5');
+    es.fail();
+    await until(() => FakeEventSource.instances.length === 2, 'second EventSource');
+    const es2 = FakeEventSource.latest();
+    expect(es2.lastEventIdParam).toBe('h-5');
+    // the gateway answers with another cursor (e.g. it did not know ours): ours is kept
+    gw.accept(es2, 'conn-2', 'x-0');
+    await until(() => c.getState().connectionId === 'conn-2', 'open again');
+    expect(c.getLastEventId()).toBe('h-5');
+    es2.fail();
+    await until(() => FakeEventSource.instances.length === 3, 'third EventSource');
+    expect(FakeEventSource.latest().lastEventIdParam).toBe('h-5');
+  });
+
+  it('a ready without a cursor (null: broker unreachable, or an older gateway) leaves it unset', async () => {
+    const c = client();
+    const readies: (string | null)[] = [];
+    c.on('ready', (r) => readies.push(r.cursor));
+    c.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'EventSource');
+    gw.accept(FakeEventSource.latest(), 'conn-1', null);
+    await until(() => c.getState().status === 'open', 'open');
+    expect(c.getLastEventId()).toBeNull();
+    FakeEventSource.latest().fail();
+    await until(() => FakeEventSource.instances.length === 2, 'second EventSource');
+    expect(FakeEventSource.latest().lastEventIdParam).toBeNull();
+    gw.accept(FakeEventSource.latest(), 'conn-2'); // no cursor field at all
+    await until(() => c.getState().connectionId === 'conn-2', 'open again');
+    expect(c.getLastEventId()).toBeNull();
+    expect(readies).toEqual([null, null]);
+    // a later ready with a cursor is still adopted
+    FakeEventSource.latest().fail();
+    await until(() => FakeEventSource.instances.length === 3, 'third EventSource');
+    gw.accept(FakeEventSource.latest(), 'conn-3', 'h-1');
+    await until(() => c.getState().connectionId === 'conn-3', 'open a third time');
+    expect(c.getLastEventId()).toBe('h-1');
+  });
+
   it('backs off exponentially while the gateway is down, then resets', async () => {
     const c = client();
     c.subscribe('logs:demo:etl-1', () => {});
@@ -487,6 +561,32 @@ describe('SSEClient: one connection per browser (tabs)', () => {
     expect(got2).toEqual(['c-1', 'c-4']);
     expect(got3).toEqual(['c-2', 'c-5']);
     expect(FakeEventSource.open).toHaveLength(1);
+  });
+
+  it('a leader change before any event resumes from ready.cursor, which followers learn from the leader', async () => {
+    const locks = new FakeLocks();
+    const t1 = tab(locks);
+    const t2 = tab(locks);
+    const got2: string[] = [];
+    t1.subscribe('logs:demo:etl-1', () => {});
+    await until(() => FakeEventSource.instances.length === 1, 'es');
+    const es = FakeEventSource.latest();
+    gw.accept(es, 'conn-1', 'h-10');
+    t2.subscribe('metrics:demo', (m) => got2.push(m.id));
+    await until(() => t1.getState().channels.includes('metrics:demo'), 'follower channel on the leader');
+    await until(() => t2.getState().status === 'open', 't2 synced');
+    expect(t1.getLastEventId()).toBe('h-10');
+    expect(t2.getLastEventId()).toBe('h-10');
+
+    t1.close(); // no event was delivered before the leader went away
+    await until(() => FakeEventSource.instances.length === 2, 'new leader connects');
+    expect(t2.getState().role).toBe('leader');
+    const es2 = FakeEventSource.latest();
+    expect(es2.lastEventIdParam).toBe('h-10');
+    gw.accept(es2, 'conn-2', 'h-10');
+    es2.message('metrics:demo', 'h-11'); // published during the takeover: replayed
+    expect(got2).toEqual(['h-11']);
+    expect(t2.getLastEventId()).toBe('h-11');
   });
 
   it('falls back to one connection per tab without Web Locks', async () => {

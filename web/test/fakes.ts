@@ -61,10 +61,11 @@ export class FakeEventSource {
     for (const fn of this.listeners.get(type) ?? []) fn(ev);
   }
 
-  ready(connection_id: string, channels = this.channels, denied: DeniedChannel[] = []): void {
+  /** `cursor`: the gateway's `ready.cursor` (left out of the event when undefined, like an older gateway). */
+  ready(connection_id: string, channels = this.channels, denied: DeniedChannel[] = [], cursor?: string | null): void {
     this.readyState = 1;
     this.onopen?.({ type: 'open' } as Event);
-    this.emit('ready', { connection_id, channels, denied });
+    this.emit('ready', { connection_id, cursor, channels, denied });
   }
 
   message(channel: string, id: string, payload: unknown = {}, event = 'message'): void {
@@ -133,12 +134,12 @@ export class FakeGateway {
     return json(404, { error: 'not found' });
   };
 
-  /** The stream answers `ready` the way the gateway would for the URL's channels. */
-  accept(es: FakeEventSource, connectionId: string): void {
+  /** The stream answers `ready` the way the gateway would for the URL's channels (with `cursor`, if given). */
+  accept(es: FakeEventSource, connectionId: string, cursor?: string | null): void {
     const granted = es.channels.filter((c) => this.allow(c));
     const denied = es.channels.filter((c) => !this.allow(c)).map((channel) => ({ channel, reason: 'not allowed' }));
     this.connections.set(connectionId, new Set(granted));
-    es.ready(connectionId, granted, denied);
+    es.ready(connectionId, granted, denied, cursor);
   }
 
   callsTo(path: string, method = 'POST'): FetchCall[] {
