@@ -326,7 +326,7 @@ describe('token expiry', () => {
 });
 
 describe('gateway restart (in-memory broker)', () => {
-  it('the page receives gap and the app is told', { timeout: 60000 }, async () => {
+  it('the page receives gap and the app is told; a later reconnect reports no second gap', { timeout: 60000 }, async () => {
     const gw2 = await startGateway();
     let pub2 = publisher(gw2);
     const { context } = await demoContext(chrome.browser, gw2);
@@ -344,6 +344,18 @@ describe('gateway restart (in-memory broker)', () => {
       await page.locator('[data-kind=gap]').first().waitFor({ timeout: 5000 });
       assert.match(await page.locator('[data-testid=panel-logs]').innerText(), /gap at/);
       await waitFor(async () => (await demoState(page)).state.status === 'open', 'open again', 10000);
+      // the client adopted the new log's head from ready.cursor (not its foreign pre-restart cursor) …
+      const after = await demoState(page);
+      const epoch = (c) => String(c).split('-')[0];
+      assert.ok(after.lastEventId && epoch(after.lastEventId) !== epoch(ids[2]), `${after.lastEventId} vs ${ids[2]}`);
+      // … so a reconnect before any new event resumes from it and reports no second gap
+      await page.evaluate(() => window.__sseDemo.client.reconnect());
+      await waitFor(async () => {
+        const st = (await demoState(page)).state;
+        return st.connects > after.state.connects && st.status === 'open';
+      }, 'reconnected', 10000);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal((await demoState(page)).gaps.length, after.gaps.length, 'no second gap after a reconnect');
       const id = await pub2.publish('logs:demo:etl-1', { level: 'info', message: 'post restart' }, 'log');
       await waitFor(async () => logIds(await demoState(page)).includes(id), 'live events after the restart', 10000);
     } finally {

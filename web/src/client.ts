@@ -126,8 +126,8 @@ export class SSEClient {
   getState = (): SSEState => this.state;
 
   /**
-   * The resume cursor: the id of the last event this tab saw or, before the first event, the
-   * gateway's `ready.cursor` (null until the first `ready`).
+   * The resume cursor: the id of the last event this tab saw, or the gateway's latest
+   * `ready.cursor` if it came after (null until the first `ready` or event).
    */
   getLastEventId(): string | null {
     return this.lastEventId;
@@ -479,11 +479,13 @@ export class SSEClient {
   // ---- local delivery ----------------------------------------------------------------------
 
   /**
-   * `ready.cursor` becomes the resume point only while this tab has none (no event seen yet): it
-   * never replaces a cursor, which would move it backwards.
+   * `ready.cursor` (when a non-empty string) always becomes the resume point: the gateway sets it
+   * to the cursor the client sent when that cursor belongs to its log (so it never moves a valid
+   * cursor backwards), else to the log's head (no cursor, or a foreign one after a gateway
+   * restart: a `gap` is sent, and the foreign cursor must not be sent again).
    */
   private adoptCursor(cursor: string | null | undefined): void {
-    if (!this.lastEventId && typeof cursor === 'string' && cursor !== '') this.lastEventId = cursor;
+    if (typeof cursor === 'string' && cursor !== '') this.lastEventId = cursor;
   }
 
   private deliverMessage(m: SSEMessage): void {

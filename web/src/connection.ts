@@ -304,10 +304,12 @@ export class Connection {
       if (!info) return;
       gotReady = true;
       const cursor = typeof info.cursor === 'string' && info.cursor !== '' ? info.cursor : null;
-      // The stream is complete after `cursor`. With no cursor of our own yet (no event seen), it
-      // becomes the resume point, so a reconnect before the first event misses nothing. Never
-      // replaces a cursor we already have (that would move it backwards).
-      if (!this.lastEventId && cursor) this.lastEventId = cursor;
+      // The stream is complete after `cursor`: it becomes the resume point. It is the cursor we
+      // sent when the gateway knows it (so it never moves ours backwards), else the log's head
+      // (we had none, or a foreign one, e.g. the gateway restarted: `gap` follows). Adopting it
+      // always means a reconnect before the first event misses nothing and a foreign cursor is
+      // not sent again (which would report another gap). A null cursor changes nothing.
+      if (cursor) this.lastEventId = cursor;
       this.connectionId = info.connection_id;
       this.granted = new Set(info.channels ?? []);
       const fresh = this.absorbDenied(info.denied ?? []);

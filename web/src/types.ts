@@ -45,10 +45,12 @@ export interface GapInfo {
 export interface ReadyInfo {
   connection_id: string;
   /**
-   * The stream carries every event after this cursor: the resume cursor the client sent (when the
-   * gateway accepted it), else the log's head when the stream was registered. Null when the gateway
-   * did not send one (broker unreachable, or an older gateway). A client that has seen no event
-   * yet resumes from it.
+   * The stream carries every event after this cursor: the resume cursor the client sent (when it
+   * belongs to the gateway's current log, even if older than retention: then a `gap` follows),
+   * else the log's head when the stream was registered (no cursor sent, or a foreign one, e.g.
+   * the gateway restarted: a `gap` follows too). Null when the gateway did not send one (broker
+   * unreachable, or an older gateway). The client always adopts a non-null one as its resume
+   * cursor (it never moves a valid cursor backwards).
    */
   cursor: string | null;
   channels: string[];

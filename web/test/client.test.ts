@@ -228,7 +228,7 @@ describe('SSEClient: reconnect with backoff, resume by cursor', () => {
     expect(FakeEventSource.latest().lastEventIdParam).toBe('h-8');
   });
 
-  it('never moves its cursor backwards: ready.cursor is adopted only while it has none', async () => {
+  it('always adopts ready.cursor, even when it differs from the cursor the client already has', async () => {
     const c = client();
     c.subscribe('logs:demo:etl-1', () => {});
     await until(() => FakeEventSource.instances.length === 1, 'EventSource');
@@ -240,16 +240,61 @@ describe('SSEClient: reconnect with backoff, resume by cursor', () => {
     await until(() => FakeEventSource.instances.length === 2, 'second EventSource');
     const es2 = FakeEventSource.latest();
     expect(es2.lastEventIdParam).toBe('h-5');
-    // the gateway answers with another cursor (e.g. it did not know ours): ours is kept
-    gw.accept(es2, 'conn-2', 'x-0');
+    // the gateway knows our cursor: ready.cursor is exactly it (nothing moves)
+    gw.accept(es2, 'conn-2', 'h-5');
     await until(() => c.getState().connectionId === 'conn-2', 'open again');
     expect(c.getLastEventId()).toBe('h-5');
     es2.fail();
     await until(() => FakeEventSource.instances.length === 3, 'third EventSource');
-    expect(FakeEventSource.latest().lastEventIdParam).toBe('h-5');
+    const es3 = FakeEventSource.latest();
+    expect(es3.lastEventIdParam).toBe('h-5');
+    // the gateway answers with another cursor (it did not know ours: its log's head): adopted
+    gw.accept(es3, 'conn-3', 'x-0');
+    await until(() => c.getState().connectionId === 'conn-3', 'open a third time');
+    expect(c.getLastEventId()).toBe('x-0');
+    es3.fail();
+    await until(() => FakeEventSource.instances.length === 4, 'fourth EventSource');
+    expect(FakeEventSource.latest().lastEventIdParam).toBe('x-0');
   });
 
-  it('a ready without a cursor (null: broker unreachable, or an older gateway) leaves it unset', async () => {
+  it('after a gateway restart (foreign cursor): one gap, then resumes from the new head without another gap', async () => {
+    const c = client();
+    const gaps: GapInfo[] = [];
+    c.on('gap', (g) => gaps.push(g));
+    const got: string[] = [];
+    c.subscribe('logs:demo:etl-1', (m) => got.push(m.id));
+    await until(() => FakeEventSource.instances.length === 1, 'EventSource');
+    const es = FakeEventSource.latest();
+    gw.accept(es, 'conn-1', 'mold-000000000002');
+    es.message('logs:demo:etl-1', 'mold-000000000003');
+    expect(c.getLastEventId()).toBe('mold-000000000003');
+
+    // the gateway restarts (in-memory broker: a new log); the client resumes with its old cursor
+    es.fail();
+    await until(() => FakeEventSource.instances.length === 2, 'second EventSource');
+    const es2 = FakeEventSource.latest();
+    expect(es2.lastEventIdParam).toBe('mold-000000000003');
+    // foreign cursor: ready carries the new log's head, then a gap
+    gw.accept(es2, 'conn-2', 'mnew-000000000000');
+    es2.emit('gap', { channels: ['logs:demo:etl-1'] });
+    await until(() => c.getState().connectionId === 'conn-2', 'open again');
+    expect(gaps).toHaveLength(1);
+    expect(c.getLastEventId()).toBe('mnew-000000000000');
+
+    // no event yet; the next reconnect sends the new head, which the gateway knows: no second gap
+    es2.fail();
+    await until(() => FakeEventSource.instances.length === 3, 'third EventSource');
+    const es3 = FakeEventSource.latest();
+    expect(es3.lastEventIdParam).toBe('mnew-000000000000');
+    gw.accept(es3, 'conn-3', 'mnew-000000000000');
+    es3.message('logs:demo:etl-1', 'mnew-000000000001'); // published while disconnected: replayed
+    await until(() => c.getState().connectionId === 'conn-3', 'open a third time');
+    expect(gaps).toHaveLength(1);
+    expect(got).toEqual(['mold-000000000003', 'mnew-000000000001']);
+    expect(c.getLastEventId()).toBe('mnew-000000000001');
+  });
+
+  it('a ready without a cursor (null: broker unreachable, or an older gateway) changes nothing', async () => {
     const c = client();
     const readies: (string | null)[] = [];
     c.on('ready', (r) => readies.push(r.cursor));
@@ -271,6 +316,15 @@ describe('SSEClient: reconnect with backoff, resume by cursor', () => {
     gw.accept(FakeEventSource.latest(), 'conn-3', 'h-1');
     await until(() => c.getState().connectionId === 'conn-3', 'open a third time');
     expect(c.getLastEventId()).toBe('h-1');
+    // and a later null / empty one keeps the cursor the client has
+    for (const [i, cursor] of [[4, null], [5, '']] as const) {
+      FakeEventSource.latest().fail();
+      await until(() => FakeEventSource.instances.length === i, `EventSource ${i}`);
+      expect(FakeEventSource.latest().lastEventIdParam).toBe('h-1');
+      gw.accept(FakeEventSource.latest(), `conn-${i}`, cursor);
+      await until(() => c.getState().connectionId === `conn-${i}`, `open ${i}`);
+      expect(c.getLastEventId()).toBe('h-1');
+    }
   });
 
   it('backs off exponentially while the gateway is down, then resets', async () => {
