@@ -114,6 +114,20 @@ pub struct Gateway {
     tasks: TaskTracker,
 }
 
+/// Listen backlog: a gateway restart makes every browser reconnect at once.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Installs the ring crypto provider for rustls (once per process).
 pub fn install_crypto_provider() {
     // Err means one is installed already, which is what we want.
@@ -187,8 +201,7 @@ impl Gateway {
                 &config.raw.http.tls_key,
             )?))
         };
-        let http_listener = TcpListener::bind(config.http_addr)
-            .await
+        let http_listener = bind(config.http_addr)
             .with_context(|| format!("binding http.addr {}", config.http_addr))?;
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await

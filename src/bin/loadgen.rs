@@ -62,7 +62,11 @@ impl Latency {
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
     fn percentile(&self, p: f64) -> f64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         let target = (total as f64 * p).ceil() as u64;
         let mut seen = 0;
@@ -90,6 +94,16 @@ fn rss_kib() -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(max) = open_files_limit() {
+        // Both ends of every subscriber socket live in this process.
+        let need = args.subscribers as u64 * 2 + 256;
+        if need > max {
+            anyhow::bail!(
+                "{} subscribers need about {need} open files; the limit here is {max} (ulimit -n)",
+                args.subscribers
+            );
+        }
+    }
     sse_gateway::app::install_crypto_provider();
     let dir = std::env::temp_dir().join(format!("sse-gateway-loadgen-{}", std::process::id()));
     sse_gateway::pki::ensure_dev_pki(&dir, &["loadgen"])?;
@@ -184,7 +198,12 @@ async fn main() -> anyhow::Result<()> {
     drop(ready_tx);
     let connect_deadline = Instant::now() + Duration::from_secs(args.max_secs);
     for _ in 0..args.subscribers {
-        if tokio::time::timeout_at(connect_deadline.into(), ready_rx.recv()).await.ok().flatten().is_none() {
+        if tokio::time::timeout_at(connect_deadline.into(), ready_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
             anyhow::bail!("subscribers did not all connect in time");
         }
     }
@@ -209,7 +228,10 @@ async fn main() -> anyhow::Result<()> {
         let events = (0..n)
             .map(|i| PublishRequest {
                 channel: format!("metrics:ch{}", (sent + i) % args.channels),
-                data: format!("{{\"t\":{},\"pad\":\"{pad}\"}}", start.elapsed().as_micros()),
+                data: format!(
+                    "{{\"t\":{},\"pad\":\"{pad}\"}}",
+                    start.elapsed().as_micros()
+                ),
                 event: "tick".into(),
                 idempotency_key: String::new(),
                 audience: None,
@@ -234,17 +256,46 @@ async fn main() -> anyhow::Result<()> {
     gateway.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!("sse-gateway loadgen ({} broker, {} cores)", args.broker, std::thread::available_parallelism().map_or(0, |n| n.get()));
-    println!("  subscribers            {} on {} channels ({} per channel), connected in {:.2} s", args.subscribers, args.channels, per_channel, connected_in.as_secs_f64());
-    println!("  events published       {sent} x {} B payload in batches of {}: {:.0} events/s", args.payload_bytes, args.batch, sent as f64 / publish_secs);
-    println!("  frames delivered       {got} of {expected} expected: {:.0} frames/s", got as f64 / deliver_secs);
-    println!("  publish->receive       p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms", latency.percentile(0.5), latency.percentile(0.99), latency.percentile(0.999));
+    println!(
+        "sse-gateway loadgen ({} broker, {} cores)",
+        args.broker,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "  subscribers            {} on {} channels ({} per channel), connected in {:.2} s",
+        args.subscribers,
+        args.channels,
+        per_channel,
+        connected_in.as_secs_f64()
+    );
+    println!(
+        "  events published       {sent} x {} B payload in batches of {}: {:.0} events/s",
+        args.payload_bytes,
+        args.batch,
+        sent as f64 / publish_secs
+    );
+    println!(
+        "  frames delivered       {got} of {expected} expected: {:.0} frames/s",
+        got as f64 / deliver_secs
+    );
+    println!(
+        "  publish->receive       p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+        latency.percentile(0.5),
+        latency.percentile(0.99),
+        latency.percentile(0.999)
+    );
     println!("  slow-consumer closes   {slow}");
     println!("  process RSS            {:.1} MiB idle, {:.1} MiB with subscribers ({:.1} KiB each), {:.1} MiB after the run", rss_before as f64 / 1024.0, rss_connected as f64 / 1024.0, (rss_connected.saturating_sub(rss_before)) as f64 / args.subscribers.max(1) as f64, rss_peak as f64 / 1024.0);
     if got < expected {
         anyhow::bail!("only {got} of {expected} frames arrived before the time limit");
     }
     Ok(())
+}
+
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -283,7 +283,7 @@ impl RedisLog {
             // No log at all: any real cursor's events are gone.
             return Ok(ReadBatch {
                 gap: after > Position::default(),
-                last: after,
+                last: Position::default(),
                 done: true,
                 events: Vec::new(),
             });
@@ -291,7 +291,7 @@ impl RedisLog {
         let mut batch = ReadBatch {
             // Entries between the cursor and the oldest retained one were trimmed.
             gap: before_first > after || after > last,
-            last: after.max(last),
+            last,
             done: true,
             events: Vec::new(),
         };

@@ -265,7 +265,9 @@ impl SseStream {
                         out.extend_from_slice(&ev.frame);
                     }
                 }
-                self.covered = Some(batch.last.max(after));
+                // `last` never passes the log's head: a cursor from beyond it (a lost log) must not hide
+                // the live events that follow.
+                self.covered = Some(batch.last);
                 if !batch.done {
                     self.replay = Some(Replay::From(batch.last));
                 }
