@@ -158,19 +158,23 @@ impl Gateway {
                 dev_secret = Some(crate::pki::ensure_dev_secret(&dir)?);
             }
         }
-        let demo = if demo {
-            let secret = match (&dev_secret, config.raw.jwt.algorithm.as_str()) {
-                (Some(s), _) => s.clone(),
-                (None, "HS256") if !config.raw.jwt.secret.is_empty() => {
-                    config.raw.jwt.secret.clone()
-                }
-                _ => anyhow::bail!("demo mode needs the dev setup or an HS256 jwt.secret"),
-            };
-            Some(DemoState {
+        // The dev setup serves the demo page too (its panels go live with `sse-gateway demo`).
+        let demo_secret = match (&dev_secret, config.raw.jwt.algorithm.as_str()) {
+            (Some(s), _) => Some(s.clone()),
+            (None, "HS256") if !config.raw.jwt.secret.is_empty() => {
+                Some(config.raw.jwt.secret.clone())
+            }
+            _ => None,
+        };
+        // The dev setup serves the demo page too (its panels go live with `sse-gateway demo`).
+        let demo = match (demo, config.dev, demo_secret) {
+            (true, _, None) => {
+                anyhow::bail!("demo mode needs the dev setup or an HS256 jwt.secret")
+            }
+            (true, _, Some(secret)) | (false, true, Some(secret)) => Some(DemoState {
                 secret: Arc::from(secret.as_str()),
-            })
-        } else {
-            None
+            }),
+            _ => None,
         };
         let verifier = JwtVerifier::from_config(&config.raw.jwt, dev_secret.as_deref())?;
         let metrics = Arc::new(Metrics::new());

@@ -168,7 +168,7 @@ async fn serve(args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     println!("listening: http={http} grpc={grpc}");
     if dev {
         println!(
-            "sse-gateway dev setup (no config file): dev PKI and JWT secret in certs/, in-memory broker; demo page: {scheme}://{http}/demo/ (run with `cargo run --release -- demo`)"
+            "sse-gateway dev setup (no config file): dev PKI and JWT secret in certs/, in-memory broker; demo page: {scheme}://{http}/demo/ (with simulated services: `cargo run --release -- demo`)"
         );
         println!("  subscribe: curl -N -H \"Authorization: Bearer $(cargo run -q --release -- token --sub alice --channels 'logs:**')\" '{scheme}://{http}/api/sse?channels=logs:ws1:wf1'");
         println!("  publish:   cargo run -q --release -- publish --addr localhost:{} --channel logs:ws1:wf1 --data '{{\"msg\":\"hello\"}}'", grpc.port());

@@ -30,19 +30,21 @@ impl PublisherService {
         Self { state }
     }
 
-    /// The generated server wrapper, with message limits sized for full batches.
+    /// The generated server wrapper, with a message limit that fits a full batch of
+    /// maximum-size events (anything larger is refused by the transport with
+    /// `RESOURCE_EXHAUSTED` before it is buffered).
     pub fn into_server(self) -> pb::publisher_server::PublisherServer<Self> {
-        let max = self
+        let per_event = self
             .state
             .config
             .raw
             .limits
             .max_event_bytes
-            .saturating_mul(2)
-            .saturating_add(64 * 1024)
-            .max(4 * 1024 * 1024);
-        pb::publisher_server::PublisherServer::new(self)
-            .max_decoding_message_size(max.saturating_mul(8).min(256 * 1024 * 1024))
+            .saturating_add(1024);
+        let max = per_event
+            .saturating_mul(MAX_BATCH)
+            .clamp(4 * 1024 * 1024, 256 * 1024 * 1024);
+        pb::publisher_server::PublisherServer::new(self).max_decoding_message_size(max)
     }
 }
 
