@@ -194,6 +194,8 @@ pub struct LimitsConfig {
     pub max_event_bytes: usize,
     /// Open streams per user (`sub`).
     pub max_connections_per_user: usize,
+    /// Open streams on this node, all users together.
+    pub max_connections: usize,
     /// Channels per stream.
     pub max_channels_per_connection: usize,
     /// Events per second per publisher (0 = unlimited).
@@ -205,6 +207,7 @@ impl Default for LimitsConfig {
         Self {
             max_event_bytes: 65536,
             max_connections_per_user: 16,
+            max_connections: 100_000,
             max_channels_per_connection: 64,
             publisher_events_per_sec: 0,
         }
@@ -509,6 +512,7 @@ impl Config {
                 "limits.max_connections_per_user",
                 raw.limits.max_connections_per_user,
             ),
+            ("limits.max_connections", raw.limits.max_connections),
             (
                 "limits.max_channels_per_connection",
                 raw.limits.max_channels_per_connection,

@@ -107,7 +107,10 @@ impl IntoResponse for GatewayError {
         let status = self.http_status();
         let body = Json(serde_json::json!({ "error": self.to_string() }));
         let mut response = (status, body).into_response();
-        if matches!(self, Self::TooManyConnections { .. } | Self::RateLimited(_)) {
+        if matches!(
+            self,
+            Self::TooManyConnections { .. } | Self::RateLimited(_) | Self::Unavailable(_)
+        ) {
             response.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("5"),

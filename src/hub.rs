@@ -174,6 +174,8 @@ pub struct NewConnection {
     pub queue_bytes: usize,
     /// Per-user limit.
     pub max_per_user: usize,
+    /// Limit of open streams on this node.
+    pub max_total: usize,
     /// Token to drop the transport connection.
     pub transport: Option<CancellationToken>,
 }
@@ -232,6 +234,12 @@ impl Hub {
         });
         {
             let mut inner = self.write();
+            if inner.connections.len() >= new.max_total {
+                return Err(GatewayError::Unavailable(format!(
+                    "this node holds its limit of {} streams; retry on another node or later",
+                    new.max_total
+                )));
+            }
             let count = inner.per_user.entry(connection.sub.clone()).or_default();
             if *count >= new.max_per_user {
                 return Err(GatewayError::TooManyConnections {

@@ -403,3 +403,19 @@ async fn https_listener_negotiates_h2_and_sets_secure_cookies() {
         "Secure behind TLS: {cookie}"
     );
 }
+
+#[tokio::test]
+async fn node_stream_limit_answers_503_with_retry_after() {
+    let gw = TestGateway::spawn(|c| c.limits.max_connections = 2).await;
+    let path = "/api/sse?channels=metrics:ws1";
+    let alice = gw.token("alice", &["metrics:*"], &[], 600);
+    let bob = gw.token("bob", &["metrics:*"], &[], 600);
+    let carol = gw.token("carol", &["metrics:*"], &[], 600);
+    let (_a, _) = gw.open(path, &alice, None).await;
+    let (_b, _) = gw.open(path, &bob, None).await;
+    let resp = gw.sse_response(path, Some(&carol), None).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    let msg = error_body(resp).await;
+    assert!(msg.contains("limit of 2 streams"), "{msg}");
+}

@@ -123,6 +123,7 @@ pub async fn stream(
         queue_events: sse.queue_events,
         queue_bytes: sse.queue_bytes,
         max_per_user: state.config.raw.limits.max_connections_per_user,
+        max_total: state.config.raw.limits.max_connections,
         // Only an HTTP/1.1 connection is ours alone to drop.
         transport: kill.map(|Extension(k)| k.0),
     })?;
