@@ -24,6 +24,19 @@ if [ ! -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# Redis for the e2e test of a gateway restart on the Redis broker (started when nothing answers).
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  step "starting redis-server on 127.0.0.1:6379"
+  if ! command -v redis-server >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  fi
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done
+fi
+
 TMP="$WEB/.e2e-tmp"
 rm -rf "$TMP"
 mkdir -p "$TMP"

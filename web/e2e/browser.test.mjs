@@ -1,10 +1,12 @@
 // End-to-end: the demo page in headless Chromium against a real sse-gateway process.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
   adminConnections,
+  adminToken,
   artifactsDir,
   cleanupPki,
   DEMO_DIST,
@@ -17,6 +19,7 @@ import {
   openDemo,
   panelCount,
   publisher,
+  redisCommand,
   startGateway,
   waitFor,
 } from './lib.mjs';
@@ -362,6 +365,121 @@ describe('gateway restart (in-memory broker)', () => {
       pub2.close();
       await context.close();
       await gw2.stop();
+    }
+  });
+});
+
+describe('gateway restart (Redis broker)', () => {
+  it('gateway restarted on the Redis broker: the page resumes with nothing missing (cursor replay)', { timeout: 60000 }, async () => {
+    assert.match(await redisCommand('PING'), /PONG/, 'Redis must answer at 127.0.0.1:6379 (web/test.sh starts it)');
+    // node A serves the page; node B (same Redis log, PKI and JWT secret) takes the publishes while A is down
+    const broker = { kind: 'redis', keyPrefix: `e2e-${randomBytes(6).toString('hex')}` };
+    const [gwA, gwB] = await Promise.all([startGateway({ broker }), startGateway({ broker })]);
+    const pubB = publisher(gwB);
+    let pubA = null;
+    const sub = 'redis-restart-user';
+    const { context, stats } = await demoContext(chrome.browser, gwA, { token: () => mintToken({ sub }) });
+    try {
+      const page = await openDemo(context, gwA, { panels: ['logs'] });
+      const pre = [];
+      for (let i = 0; i < 3; i++) pre.push(await pubB.publish('logs:demo:etl-1', { level: 'info', message: `pre ${i}` }, 'log'));
+      await waitFor(async () => logIds(await demoState(page)).length === pre.length, 'events published on node B to reach the page on node A', 10000);
+      const before = await demoState(page);
+      assert.deepEqual(logIds(before), pre);
+      assert.equal(before.lastEventId, pre.at(-1));
+
+      const http = gwA.http;
+      const exit = await gwA.halt('SIGTERM');
+      assert.equal(exit?.code, 0, `graceful exit on SIGTERM (${JSON.stringify(exit)}): ${gwA.logs().slice(-1000)}`);
+      await waitFor(async () => (await demoState(page)).state.status !== 'open', 'the page to see its stream end', 10000);
+      const down = [];
+      for (let i = 0; i < 20; i++) down.push(await pubB.publish('logs:demo:etl-1', { level: 'info', message: `while down ${i}` }, 'log'));
+      assert.equal(logIds(await demoState(page)).length, pre.length, 'nothing can arrive while node A is down');
+
+      await gwA.resume(); // same HTTP port: the page's EventSource URL stays valid
+      assert.equal(gwA.http, http);
+      await waitFor(async () => {
+        const s = await demoState(page);
+        return s.state.status === 'open' && logIds(s).length >= pre.length + down.length;
+      }, 'the page to reconnect to the restarted node and replay the missed events', 20000);
+      const s = await demoState(page);
+      assert.deepEqual(logIds(s), [...pre, ...down], 'every event published while down, once each, in order');
+      assert.deepEqual(s.gaps, [], 'no gap: the cursor belongs to the shared Redis log');
+      assert.equal(s.lastEventId, down.at(-1));
+      const resumed = stats.sseRequests.slice(1);
+      assert.ok(resumed.length >= 1, 'a new SSE request after the restart');
+      for (const url of resumed) assert.equal(new URL(url).searchParams.get('last_event_id'), pre.at(-1), `resumed from the last cursor: ${url}`);
+      await page.locator('[data-kind=gap]').waitFor({ state: 'detached', timeout: 1000 });
+
+      // and live again on the restarted node, whichever node publishes
+      pubA = publisher(gwA);
+      const live = [await pubA.publish('logs:demo:etl-1', { level: 'info', message: 'live via A' }, 'log')];
+      live.push(await pubB.publish('logs:demo:etl-1', { level: 'info', message: 'live via B' }, 'log'));
+      await waitFor(async () => logIds(await demoState(page)).length === pre.length + down.length + live.length, 'live events after the restart', 10000);
+      assert.deepEqual(logIds(await demoState(page)), [...pre, ...down, ...live]);
+      assert.deepEqual(page.errors, []);
+    } finally {
+      pubA?.close();
+      pubB.close();
+      await context.close();
+      await Promise.all([gwA.stop(), gwB.stop()]);
+      await redisCommand('DEL', `${broker.keyPrefix}:log`).catch(() => {});
+    }
+  });
+});
+
+describe('admin dashboard', () => {
+  it('admin dashboard: an admin token signs in; it shows the live connection count and the open stream\'s channel', { timeout: 60000 }, async () => {
+    const sub = 'admin-dash-user';
+    const sub2 = 'admin-dash-user-2';
+    const demo = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    const demo2 = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub: sub2 }) });
+    const adminCtx = await chrome.browser.newContext({ viewport: { width: 1280, height: 900 } });
+    try {
+      await openDemo(demo.context, gw, { panels: ['workflow'] });
+      const admin = await adminCtx.newPage();
+      const errors = [];
+      admin.on('pageerror', (e) => errors.push(e.message));
+
+      // without the cookie: the sign-in form
+      const first = await admin.goto(`${gw.base}/admin`);
+      assert.equal(first.status(), 401);
+      // sign in from the page: POST /admin/session with the admin token sets the HttpOnly cookie
+      const status = await admin.evaluate(async (token) => {
+        const r = await fetch('/admin/session', { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+        return r.status;
+      }, adminToken());
+      assert.equal(status, 204);
+      const cookies = await adminCtx.cookies(gw.base + '/admin');
+      assert.ok(cookies.some((c) => c.name === 'sse_admin_token' && c.httpOnly), JSON.stringify(cookies.map((c) => c.name)));
+      const res = await admin.goto(`${gw.base}/admin`);
+      assert.equal(res.status(), 200);
+
+      const text = (id) => admin.locator(`#${id}`).innerText();
+      const shows = async (expectSubs) => {
+        const conns = (await adminConnections(gw)).length;
+        const table = await text('ctab');
+        return (await text('conns')) === String(conns) && expectSubs.every((u) => table.includes(u)) ? { conns, table } : null;
+      };
+      const one = await waitFor(() => shows([sub]), 'the dashboard to show the live count and the open stream', 10000);
+      assert.match(one.table, new RegExp(`${sub}\\s+workflow:demo:wf-1`), one.table);
+      await waitFor(async () => (await text('htab')).includes('workflow:demo:wf-1'), 'the channels table to list the stream\'s channel', 5000);
+
+      // live: a second stream (another user, another connection) shows up without reloading
+      await openDemo(demo2.context, gw, { panels: ['logs', 'metrics'] });
+      const two = await waitFor(() => shows([sub, sub2]), 'the dashboard to show the second connection', 10000);
+      assert.equal(two.conns, one.conns + 1);
+      const row2 = two.table.split('\n').find((l) => l.includes(sub2));
+      assert.ok(row2.includes('logs:demo:etl-1') && row2.includes('metrics:demo'), row2);
+      // and drops it when that browser goes away
+      await demo2.context.close();
+      await waitFor(async () => !(await text('ctab')).includes(sub2) && (await text('conns')) === String(one.conns), 'the closed connection to leave the dashboard', 10000);
+      assert.equal(await text('err'), '');
+      assert.deepEqual(errors, []);
+    } finally {
+      await adminCtx.close();
+      await demo2.context.close().catch(() => {});
+      await demo.context.close();
     }
   });
 });

@@ -1,5 +1,6 @@
 // Helpers for the end-to-end tests: a real gateway process, tokens, a gRPC publisher, Chromium.
 import { spawn, spawnSync } from 'node:child_process';
+import { createConnection } from 'node:net';
 import { createHmac } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,6 +18,7 @@ export const BIN = process.env.SSE_GATEWAY_BIN || join(REPO, 'target', 'debug', 
 export const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 export const SECRET = 'e2e-secret-e2e-secret-e2e-secret-0123';
 export const DEMO_CHANNELS = ['logs:demo:**', 'workflow:demo:*', 'metrics:demo', 'dashboards:*'];
+export const REDIS_URL = process.env.SSE_E2E_REDIS_URL || 'redis://127.0.0.1:6379';
 
 /** Polls `fn` until it returns a truthy value; fails with `what` after `timeout` ms. */
 export async function waitFor(fn, what, timeout = 15000, every = 50) {
@@ -76,7 +78,13 @@ export function cleanupPki() {
   pkiDir = null;
 }
 
-function writeConfig(dir, { httpAddr = '127.0.0.1:0', grpcAddr = '127.0.0.1:0' } = {}) {
+/** `[broker]` table: in-memory by default; `{ kind: 'redis', url, keyPrefix }` for Redis Streams. */
+function brokerToml(broker) {
+  if (!broker || broker.kind === 'memory') return 'kind = "memory"';
+  return `kind = "redis"\nurl = "${broker.url || REDIS_URL}"\nkey_prefix = "${broker.keyPrefix}"`;
+}
+
+function writeConfig(dir, { httpAddr = '127.0.0.1:0', grpcAddr = '127.0.0.1:0', broker } = {}) {
   const certs = pki();
   const file = join(dir, 'gateway.toml');
   writeFileSync(
@@ -92,7 +100,7 @@ client_ca = "${join(certs, 'ca.pem')}"
 [jwt]
 secret = "${SECRET}"
 [broker]
-kind = "memory"
+${brokerToml(broker)}
 [[publishers]]
 name = "l5-etl-service"
 channels = ["**"]
@@ -155,26 +163,32 @@ async function stopProc(st, signal) {
 }
 
 /**
- * Starts `sse-gateway serve|demo --config …` (ephemeral ports) and waits for its `listening:` line.
- * Returns { base, http, grpcPort, stop(), restart(), logs() }.
+ * Starts `sse-gateway serve|demo --config …` (ephemeral ports unless `httpAddr` is given; the
+ * in-memory broker unless `broker` is given) and waits for its `listening:` line.
+ * Returns { base, http, grpcPort, stop(), halt(), resume(), restart(), logs() }.
  */
-export async function startGateway({ mode = 'serve' } = {}) {
+export async function startGateway({ mode = 'serve', broker, httpAddr } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'sse-e2e-gw-'));
-  let st = await spawnGateway(mode, writeConfig(dir));
+  let st = await spawnGateway(mode, writeConfig(dir, { broker, httpAddr }));
   const gw = {
     mode,
     http: st.http,
     base: `http://${st.http}`,
     grpcPort: Number(st.grpc.split(':').pop()),
     logs: () => st.err,
+    running: () => !st.exited,
     async stop(signal = 'SIGTERM') {
       await stopProc(st, signal);
       rmSync(dir, { recursive: true, force: true });
     },
-    /** Kills the process and starts a new one on the same ports (the in-memory log is lost). */
-    async restart() {
-      await stopProc(st, 'SIGKILL');
-      const config = writeConfig(dir, { httpAddr: st.http, grpcAddr: st.grpc });
+    /** Stops the process (SIGTERM: graceful) and waits for its exit; `resume()` starts it again. */
+    async halt(signal = 'SIGTERM') {
+      await stopProc(st, signal);
+      return st.exited;
+    },
+    /** Starts a stopped gateway again on the same HTTP and gRPC ports (the same config otherwise). */
+    async resume() {
+      const config = writeConfig(dir, { httpAddr: st.http, grpcAddr: st.grpc, broker });
       const deadline = Date.now() + 10000;
       for (;;) {
         try {
@@ -186,6 +200,11 @@ export async function startGateway({ mode = 'serve' } = {}) {
         }
       }
     },
+    /** Kills the process and starts a new one on the same ports (with the in-memory broker, its log is lost). */
+    async restart() {
+      await gw.halt('SIGKILL');
+      return gw.resume();
+    },
   };
   return gw;
 }
@@ -194,6 +213,36 @@ export async function adminConnections(gw) {
   const res = await fetch(`${gw.base}/admin/connections`, { headers: { Authorization: `Bearer ${adminToken()}` } });
   if (!res.ok) throw new Error(`/admin/connections: ${res.status} ${await res.text()}`);
   return res.json();
+}
+
+// ---- Redis (a minimal RESP client, for the Redis-broker test's set-up and clean-up) -----------
+
+/** Sends one command to the Redis at REDIS_URL; resolves to the raw reply line(s). */
+export function redisCommand(...args) {
+  const u = new URL(REDIS_URL);
+  const req = `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`;
+  return new Promise((resolve, reject) => {
+    const sock = createConnection({ host: u.hostname, port: Number(u.port || 6379) });
+    let buf = '';
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`redis ${args[0]}: no answer from ${REDIS_URL}`));
+    }, 3000);
+    sock.on('connect', () => sock.write(req));
+    sock.on('data', (d) => {
+      buf += d;
+      if (buf.endsWith('\r\n')) {
+        clearTimeout(timer);
+        sock.end();
+        if (buf.startsWith('-')) reject(new Error(`redis ${args[0]}: ${buf.trim()}`));
+        else resolve(buf.trim());
+      }
+    });
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`redis at ${REDIS_URL}: ${e.message}`));
+    });
+  });
 }
 
 // ---- publishing over mTLS gRPC --------------------------------------------------------------
