@@ -197,6 +197,7 @@ impl Gateway {
                 Broker::Redis(log)
             }
         };
+        check_grpc_tls(&config.raw.grpc)?;
         let http_tls = if config.raw.http.tls_cert.is_empty() {
             None
         } else {
@@ -279,15 +280,20 @@ async fn grpc_server(
     health_reporter
         .set_serving::<pb::publisher_server::PublisherServer<PublisherService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions: grpcurl and grpcio-reflection clients still ask for v1alpha.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let shutdown = state.shutdown.clone();
     let server = Server::builder()
         .tls_config(tls)?
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(PublisherService::new(state.clone()).into_server())
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: without it, Nagle holds back the end of multi-frame responses
@@ -296,6 +302,28 @@ async fn grpc_server(
             shutdown.cancelled_owned(),
         );
     Ok(server)
+}
+
+/// Parses the gRPC certificate, key and client CA before any port is bound, so a bad file is
+/// a start-up error naming its key.
+fn check_grpc_tls(g: &crate::config::GrpcConfig) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    for (key, path) in [
+        ("grpc.tls_cert", &g.tls_cert),
+        ("grpc.client_ca", &g.client_ca),
+    ] {
+        let certs = CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("{key} {path}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{key} {path}: not a PEM certificate"))?;
+        if certs.is_empty() {
+            anyhow::bail!("{key} {path}: no PEM certificate found");
+        }
+    }
+    PrivateKeyDer::from_pem_file(&g.tls_key)
+        .with_context(|| format!("grpc.tls_key {}: not a PEM private key", g.tls_key))?;
+    Ok(())
 }
 
 fn http_tls_config(cert: &str, key: &str) -> anyhow::Result<rustls::ServerConfig> {

@@ -171,7 +171,8 @@ pub struct SseConfig {
     pub retry_ms: u64,
     /// Per-connection queue bound in events.
     pub queue_events: usize,
-    /// Per-connection queue bound in bytes of rendered frames.
+    /// Per-connection queue bound in bytes of rendered frames; 0 = `queue_events` full
+    /// events of `limits.max_event_bytes` (so by default the event count is the bound).
     pub queue_bytes: usize,
 }
 
@@ -181,7 +182,7 @@ impl Default for SseConfig {
             heartbeat_secs: 15,
             retry_ms: 3000,
             queue_events: 1024,
-            queue_bytes: 8 * 1024 * 1024,
+            queue_bytes: 0,
         }
     }
 }
@@ -503,8 +504,11 @@ impl Config {
         if raw.sse.queue_events == 0 {
             return Err(invalid("sse.queue_events", "must be at least 1"));
         }
-        if raw.sse.queue_bytes < 1024 {
-            return Err(invalid("sse.queue_bytes", "must be at least 1024"));
+        if raw.sse.queue_bytes != 0 && raw.sse.queue_bytes < 1024 {
+            return Err(invalid(
+                "sse.queue_bytes",
+                "must be 0 (derived) or at least 1024",
+            ));
         }
         for (key, value) in [
             ("limits.max_event_bytes", raw.limits.max_event_bytes),
@@ -585,6 +589,13 @@ impl Config {
                     format!("{:?} is listed twice", p.name),
                 ));
             }
+        }
+        if raw.sse.queue_bytes == 0 {
+            // Frames carry ~1 KiB of envelope around the payload at most.
+            raw.sse.queue_bytes = raw
+                .sse
+                .queue_events
+                .saturating_mul(raw.limits.max_event_bytes.saturating_add(1024));
         }
         Ok(Self {
             raw,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
 use crate::error::GatewayError;
-use crate::event::Event;
+use crate::event::{Audience, Event};
 use crate::metrics::Metrics;
 
 /// What a connection's queue carries.
@@ -94,20 +94,22 @@ impl Connection {
     /// Queues an item without waiting. Returns false (and closes the connection) on overflow.
     fn offer(&self, item: Item, metrics: &Metrics) -> bool {
         let len = item.len();
-        if self.queued_bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+        // Reserve the bytes first, so the reader's decrement can never run before the increment.
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before.saturating_add(len) > self.max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             self.kick(CloseReason::SlowConsumer, metrics);
             return false;
         }
         match self.tx.try_send(item) {
-            Ok(()) => {
-                self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick(CloseReason::SlowConsumer, metrics);
+            Ok(()) => true,
+            Err(e) => {
+                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.kick(CloseReason::SlowConsumer, metrics);
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -270,11 +272,12 @@ impl Hub {
     }
 
     fn remove(&self, connection: &Arc<Connection>) {
-        let channels = connection.channels();
         let mut inner = self.write();
         if inner.connections.remove(&connection.id).is_none() {
             return;
         }
+        // Read under the hub lock: channel changes also hold it, so none can slip past.
+        let channels = connection.channels();
         if let Some(count) = inner.per_user.get_mut(&connection.sub) {
             *count -= 1;
             if *count == 0 {
@@ -300,10 +303,14 @@ impl Hub {
         connection: &Arc<Connection>,
         add: &[ChannelName],
         remove: &[ChannelName],
-    ) -> Vec<ChannelName> {
+    ) -> Option<Vec<ChannelName>> {
         let mut inner = self.write();
+        // A connection that closed meanwhile must not be put back into the channel map.
+        if !inner.connections.contains_key(&connection.id) {
+            return None;
+        }
         let Ok(mut set) = connection.channels.lock() else {
-            return Vec::new();
+            return None;
         };
         let mut delta: i64 = 0;
         for ch in remove {
@@ -328,7 +335,7 @@ impl Hub {
             }
         }
         self.metrics.subscriptions.inc_by(delta);
-        set.iter().cloned().collect()
+        Some(set.iter().cloned().collect())
     }
 
     /// Hands an event to every subscriber of its channel that its audience admits.
@@ -414,9 +421,24 @@ impl Hub {
         out
     }
 
-    /// Number of local subscribers an event on `channel` would reach (ignoring audience).
-    pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
-        self.read().by_channel.get(channel).map_or(0, HashMap::len)
+    /// Number of local subscribers an event on `channel` with `audience` would reach now.
+    pub fn subscriber_count(&self, channel: &ChannelName, audience: Option<&Audience>) -> usize {
+        self.read().by_channel.get(channel).map_or(0, |subs| {
+            subs.values()
+                .filter(|c| audience.is_none_or(|a| a.admits(&c.sub, &c.roles)))
+                .count()
+        })
+    }
+
+    /// Sends `event: gap` naming its channels to every connection (the log skipped entries).
+    pub fn broadcast_gap(&self) {
+        let conns: Vec<Arc<Connection>> = self.read().connections.values().cloned().collect();
+        for conn in conns {
+            let channels = conn.channels();
+            let frame =
+                crate::event::render_control("gap", &serde_json::json!({ "channels": channels }));
+            self.send_control(&conn, frame);
+        }
     }
 }
 

@@ -328,3 +328,58 @@ async fn redis_outage_fails_fast_keeps_streams_and_loses_nothing_acked() {
         "the open stream caught up without gap or duplicate"
     );
 }
+
+#[tokio::test]
+async fn a_lost_log_is_reported_as_gap() {
+    let p = prefix("lost");
+    let a = node(&redis_url(), &p, "", |_| {}).await;
+    let token = a.token("alice", &["logs:**"], &[], 600);
+    let mut pubr = a.publisher("l5-etl-service").await;
+    let old = publish(&mut pubr, req("logs:ws1", &json!({"n": 0}))).await;
+    publish(&mut pubr, req("logs:ws1", &json!({"n": 1}))).await;
+    // The log disappears (a Redis restart without persistence, a flush).
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{p}:log"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fresh = publish(&mut pubr, req("logs:ws1", &json!({"n": 2}))).await;
+    let (mut stream, ready) = a
+        .open("/api/sse?channels=logs:ws1", &token, Some(&old.id))
+        .await;
+    assert_eq!(ready.channels, vec!["logs:ws1".to_owned()]);
+    let gap = stream.next_control("gap", WAIT).await;
+    assert_eq!(gap["channels"], json!(["logs:ws1"]));
+    assert_eq!(stream.next_data(WAIT).await.id, fresh.id);
+}
+
+#[tokio::test]
+async fn events_past_max_age_are_reported_as_gap() {
+    let p = prefix("age");
+    let a = node(&redis_url(), &p, "", |raw| raw.history.max_age_secs = 1).await;
+    let token = a.token("alice", &["logs:**"], &[], 600);
+    let mut pubr = a.publisher("l5-etl-service").await;
+    let first = publish(&mut pubr, req("logs:ws1", &json!({"n": 0}))).await;
+    publish(&mut pubr, req("logs:ws1", &json!({"n": 1}))).await;
+    // Wait (with a deadline) until the second event is older than max_age.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut gap = None;
+    while gap.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no gap after max_age"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (mut stream, _) = a
+            .open("/api/sse?channels=logs:ws1", &token, Some(&first.id))
+            .await;
+        let frame = stream.next_event(WAIT).await;
+        if frame.event.as_deref() == Some("gap") {
+            gap = Some(frame);
+        } else {
+            assert!(frame.is_message(), "{:?}", frame.raw);
+        }
+    }
+}

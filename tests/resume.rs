@@ -913,3 +913,62 @@ async fn age_based_retention_and_the_dedupe_window_expire() {
     stream.next_control("gap", WAIT).await;
     assert_eq!(stream.next_data(WAIT).await.id, again.id);
 }
+
+/// A replay much longer than the queue, with live traffic during it, completes without the
+/// stream being closed as a slow consumer, and without gap or duplicate: live events that the
+/// replay will read from the log anyway are not held in the queue meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_under_live_traffic_is_not_a_slow_consumer() {
+    let gw = TestGateway::spawn(|c| c.sse.queue_events = 128).await;
+    let token = gw.token("alice", &["logs:**"], &[], 600);
+    let mut client = gw.publisher("l5-etl-service").await;
+    let first = common::publish(&mut client, common::req("logs:ws1", &json!({"n": 0}))).await;
+    let mut expected = Vec::new();
+    for chunk in 0..20 {
+        let events = (0..1000)
+            .map(|i| common::req("logs:ws1", &json!({"n": 1 + chunk * 1000 + i})))
+            .collect();
+        let resp = client
+            .publish_batch(sse_gateway::ingest::pb::PublishBatchRequest { events })
+            .await
+            .unwrap()
+            .into_inner();
+        expected.extend(resp.results.into_iter().map(|r| r.id));
+    }
+    const BURSTS: usize = 60;
+    const BURST: usize = 30;
+    // Live traffic starts before the resume and goes on during the replay.
+    let live = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            let mut ids = Vec::new();
+            for b in 0..BURSTS {
+                let events = (0..BURST)
+                    .map(|i| common::req("logs:ws1", &json!({"live": b * BURST + i})))
+                    .collect();
+                let resp = client
+                    .publish_batch(sse_gateway::ingest::pb::PublishBatchRequest { events })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                ids.extend(resp.results.into_iter().map(|r| r.id));
+                tokio::task::yield_now().await;
+            }
+            ids
+        }
+    });
+    let (mut stream, _) = gw
+        .open("/api/sse?channels=logs:ws1", &token, Some(&first.id))
+        .await;
+    let mut got = Vec::new();
+    while got.len() < expected.len() + BURSTS * BURST {
+        got.push(stream.next_data(WAIT).await.id);
+    }
+    expected.extend(live.await.unwrap());
+    assert_eq!(got, expected);
+    assert_eq!(
+        gw.metric("sse_gateway_slow_consumer_disconnects_total")
+            .await,
+        0.0
+    );
+}

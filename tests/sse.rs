@@ -419,3 +419,21 @@ async fn node_stream_limit_answers_503_with_retry_after() {
     let msg = error_body(resp).await;
     assert!(msg.contains("limit of 2 streams"), "{msg}");
 }
+
+#[tokio::test]
+async fn empty_or_padded_channel_names_are_refused_not_normalised() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    let token = gw.token("alice", &["logs:**"], &[], 600);
+    for query in [
+        "channels=",
+        "channels=logs:ws1,",
+        "channels=logs:ws1,,logs:ws2",
+        "channels=%20logs:ws1",
+        "channels=logs:ws1%20",
+    ] {
+        let resp = gw
+            .sse_response(&format!("/api/sse?{query}"), Some(&token), None)
+            .await;
+        assert_eq!(resp.status(), 400, "{query}");
+    }
+}

@@ -40,7 +40,14 @@ const APPEND_SCRIPT: &str = r"
 local mode, maxlen, ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
-if #newest > 0 then prev = newest[1][1] end
+if #newest > 0 then
+  prev = newest[1][1]
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then prev = info[i + 1] end
+  end
+end
 local out = {}
 for i = 0, n - 1 do
   local b = 5 + i * 6
@@ -63,6 +70,24 @@ for i = 0, n - 1 do
 end
 return out
 ";
+
+/// Where the retained log starts and ends.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    /// The id before the oldest retained entry (as recorded when it was appended).
+    before_first: Position,
+    /// The oldest retained entry.
+    first: Position,
+    /// The newest entry.
+    last: Position,
+}
+
+impl Bounds {
+    /// Whether entries after `after` are missing: trimmed, or `after` is not an id of this log.
+    fn missing_after(&self, after: Position) -> bool {
+        (after < self.first && after != self.before_first) || after > self.last
+    }
+}
 
 /// The Redis log.
 pub struct RedisLog {
@@ -212,7 +237,7 @@ impl RedisLog {
                 .arg(&ev.payload)
                 .arg(audience)
                 .arg(&ts);
-            counts.push(self.hub.subscriber_count(&ev.channel) as u32);
+            counts.push(self.hub.subscriber_count(&ev.channel, ev.audience.as_ref()) as u32);
         }
         let mut conn = self.conn.clone();
         let reply: Vec<(String, i64)> =
@@ -234,8 +259,9 @@ impl RedisLog {
             .collect())
     }
 
-    /// The predecessor of the oldest retained entry and the newest id; `None` when the log is empty.
-    async fn bounds(&self) -> Result<Option<(Position, Position)>, GatewayError> {
+    /// The oldest retained entry's predecessor and id, and the newest id; `None` when the log
+    /// is empty.
+    async fn bounds(&self) -> Result<Option<Bounds>, GatewayError> {
         let mut conn = self.conn.clone();
         let (first, last): (StreamRangeReply, StreamRangeReply) = redis::pipe()
             .atomic()
@@ -257,7 +283,7 @@ impl RedisLog {
         let (Some(first), Some(last)) = (first.ids.first(), last.ids.first()) else {
             return Ok(None);
         };
-        let Some(last) = parse_id(&last.id) else {
+        let (Some(first_id), Some(last)) = (parse_id(&first.id), parse_id(&last.id)) else {
             return Ok(None);
         };
         // Entries written without a predecessor mark: assume the oldest one's own id.
@@ -266,7 +292,11 @@ impl RedisLog {
             .and_then(|v| parse_id(&v))
             .or_else(|| parse_id(&first.id))
             .unwrap_or_default();
-        Ok(Some((before_first, last)))
+        Ok(Some(Bounds {
+            before_first,
+            first: first_id,
+            last,
+        }))
     }
 
     /// See [`super::Broker::read_after`].
@@ -279,7 +309,7 @@ impl RedisLog {
         channels: &HashSet<ChannelName>,
         limit: usize,
     ) -> Result<ReadBatch, GatewayError> {
-        let Some((before_first, last)) = self.bounds().await? else {
+        let Some(bounds) = self.bounds().await? else {
             // No log at all: any real cursor's events are gone.
             return Ok(ReadBatch {
                 gap: after > Position::default(),
@@ -288,9 +318,9 @@ impl RedisLog {
                 events: Vec::new(),
             });
         };
+        let last = bounds.last;
         let mut batch = ReadBatch {
-            // Entries between the cursor and the oldest retained one were trimmed.
-            gap: before_first > after || after > last,
+            gap: bounds.missing_after(after),
             last,
             done: true,
             events: Vec::new(),
@@ -308,8 +338,14 @@ impl RedisLog {
         if let Some(tail) = reply.ids.last().and_then(|e| parse_id(&e.id)) {
             batch.last = tail;
         }
+        // Entries past max_age count as gone even before the periodic trim removes them.
+        let oldest_ms = now_ms().saturating_sub(self.max_age_ms);
         for entry in &reply.ids {
             if let Some(ev) = decode(entry) {
+                if self.max_age_ms > 0 && ev.position.major < oldest_ms {
+                    batch.gap = true;
+                    continue;
+                }
                 if channels.contains(&ev.channel) {
                     batch.events.push(Arc::new(ev));
                 }
@@ -364,6 +400,8 @@ impl RedisLog {
         let mut conn: Option<MultiplexedConnection> = None;
         let mut backoff = Duration::from_millis(100);
         let mut last_trim = std::time::Instant::now();
+        // Set after a failure: entries may have been trimmed while this node could not read.
+        let mut recovering = false;
         let opts = StreamReadOptions::default()
             .block(TAIL_BLOCK_MS)
             .count(TAIL_COUNT);
@@ -373,11 +411,28 @@ impl RedisLog {
                 None => match self.tail_connection().await {
                     Ok(c) => c,
                     Err(e) => {
+                        recovering = true;
                         self.fail(&e, &mut backoff, &shutdown).await;
                         continue;
                     }
                 },
             };
+            if recovering {
+                match self.bounds().await {
+                    Ok(bounds) => {
+                        recovering = false;
+                        let from = last.unwrap_or_default();
+                        if bounds.is_some_and(|b| b.missing_after(from)) {
+                            tracing::warn!("the log was trimmed past this node's read position during an outage; sending gap to every stream");
+                            self.hub.broadcast_gap();
+                        }
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                }
+            }
             if last.is_none() {
                 match self.last_id().await {
                     Ok(id) => last = Some(id.unwrap_or_default()),
@@ -413,7 +468,10 @@ impl RedisLog {
                         self.trim_by_age().await;
                     }
                 }
-                Err(e) => self.fail(&e, &mut backoff, &shutdown).await,
+                Err(e) => {
+                    recovering = true;
+                    self.fail(&e, &mut backoff, &shutdown).await;
+                }
             }
         }
     }
@@ -439,7 +497,6 @@ impl RedisLog {
         let r: redis::RedisResult<i64> = redis::cmd("XTRIM")
             .arg(&self.stream_key)
             .arg("MINID")
-            .arg("~")
             .arg(format!("{min}-0"))
             .query_async(&mut conn)
             .await;
@@ -455,10 +512,17 @@ fn decode(entry: &StreamId) -> Option<Event> {
     let field = |k: &str| -> Option<String> { entry.get(k) };
     let channel = ChannelName::parse_syntax(&field("c")?).ok()?;
     let audience: Option<Audience> = field("a").and_then(|a| serde_json::from_str(&a).ok());
+    let event = field("e")?;
+    let payload = field("p")?;
+    // Entries are written by gateways, but the log is shared: never let one break a frame.
+    if crate::event::parse_event_name(&event).is_err() || payload.contains(['\r', '\n']) {
+        tracing::warn!(id = %entry.id, "skipping a malformed log entry");
+        return None;
+    }
     let new = NewEvent {
         channel,
-        event: field("e")?,
-        payload: field("p")?,
+        event,
+        payload,
         idempotency_key: None,
         audience,
     };

@@ -22,6 +22,9 @@ pub async fn create(
     })?;
     let user = state.verifier.verify(token)?;
     let remaining = user.exp.saturating_sub(crate::event::now_ms() / 1000);
+    if remaining == 0 {
+        return Err(GatewayError::Unauthenticated("token expired".into()));
+    }
     let cookie = format!(
         "{COOKIE}={token}; HttpOnly; Path=/api/sse; SameSite=Lax; Max-Age={remaining}{}",
         if state.tls { "; Secure" } else { "" }

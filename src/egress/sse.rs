@@ -59,13 +59,16 @@ fn parse_query(raw: Option<&str>) -> Result<SseQuery, GatewayError> {
     let Some(raw) = raw else { return Ok(q) };
     for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
         match key.as_ref() {
-            "channels" | "channel" => q.channels.extend(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_owned),
-            ),
+            "channels" | "channel" => {
+                for name in value.split(',') {
+                    if name.is_empty() {
+                        return Err(GatewayError::InvalidChannel(
+                            "empty channel name in the channels parameter".to_owned(),
+                        ));
+                    }
+                    q.channels.push(name.to_owned());
+                }
+            }
             "last_event_id" | "lastEventId" => q.last_event_id = Some(value.into_owned()),
             "access_token" => q.access_token = Some(value.into_owned()),
             _ => {}
@@ -86,19 +89,19 @@ pub async fn stream(
 ) -> Result<Response, GatewayError> {
     let query = parse_query(raw.as_deref())?;
     let user = authenticate(&state, &headers, query.access_token.as_deref())?;
+    let limit = state.config.raw.limits.max_channels_per_connection;
     let mut requested: Vec<ChannelName> = Vec::new();
+    let mut seen = HashSet::new();
     for raw in &query.channels {
         let name = state.config.channel_types.parse_name(raw)?;
-        if !requested.contains(&name) {
+        if seen.insert(name.clone()) {
             requested.push(name);
         }
-    }
-    let limit = state.config.raw.limits.max_channels_per_connection;
-    if requested.len() > limit {
-        return Err(GatewayError::InvalidArgument(format!(
-            "{} channels requested, over the limit of {limit} per connection",
-            requested.len()
-        )));
+        if requested.len() > limit {
+            return Err(GatewayError::InvalidArgument(format!(
+                "more than {limit} channels requested (the limit per connection)"
+            )));
+        }
     }
     let asked = !requested.is_empty();
     let (granted, denied) = authorize(&state, &user, requested);
@@ -253,7 +256,7 @@ impl SseStream {
         let set: HashSet<ChannelName> = channels.iter().cloned().collect();
         match self.state.broker.read_after(after, &set, REPLAY_PAGE).await {
             Ok(batch) => {
-                if batch.gap && self.covered.is_none() {
+                if batch.gap {
                     out.extend_from_slice(&render_control(
                         "gap",
                         &Gap {
@@ -271,6 +274,7 @@ impl SseStream {
                 self.covered = Some(batch.last);
                 if !batch.done {
                     self.replay = Some(Replay::From(batch.last));
+                    self.drain_during_replay(&mut out);
                 }
             }
             Err(e) => {
@@ -285,6 +289,19 @@ impl SseStream {
             }
         }
         out.freeze()
+    }
+
+    /// While more history remains, live events queued meanwhile are in the log too and will be
+    /// read by a later page: drop them, so a long replay under live traffic does not overflow
+    /// the queue. Control frames are kept.
+    fn drain_during_replay(&mut self, out: &mut BytesMut) {
+        let conn = self.registration.connection.clone();
+        while let Ok(item) = self.rx.try_recv() {
+            conn.dequeued(&item);
+            if let Item::Control(bytes) = item {
+                out.extend_from_slice(&bytes);
+            }
+        }
     }
 
     fn render(&self, items: &mut Vec<Item>, out: &mut BytesMut) {

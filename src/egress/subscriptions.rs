@@ -47,6 +47,15 @@ pub async fn change(
     let user = authenticate(&state, &headers, None)?;
     let change: Change = serde_json::from_slice(&body)
         .map_err(|e| GatewayError::InvalidArgument(format!("invalid JSON body: {e}")))?;
+    let limit = state.config.raw.limits.max_channels_per_connection;
+    // Channels over the per-connection limit are denied one by one below; this only bounds
+    // the work one request can ask for.
+    let max_list = limit.saturating_mul(4).max(256);
+    if change.add.len() > max_list || change.remove.len() > max_list {
+        return Err(GatewayError::InvalidArgument(format!(
+            "add and remove hold at most {max_list} channels each"
+        )));
+    }
     let types = &state.config.channel_types;
     let add = change
         .add
@@ -68,7 +77,6 @@ pub async fn change(
         ));
     }
     let (granted, mut denied) = authorize(&state, &user, add);
-    let limit = state.config.raw.limits.max_channels_per_connection;
     let current: std::collections::BTreeSet<ChannelName> = conn.channels().into_iter().collect();
     let mut room = limit.saturating_sub(current.iter().filter(|c| !remove.contains(c)).count());
     let mut accepted = Vec::new();
@@ -86,7 +94,10 @@ pub async fn change(
         room -= 1;
         accepted.push(ch);
     }
-    let channels = state.hub.update_channels(&conn, &accepted, &remove);
+    let channels = state
+        .hub
+        .update_channels(&conn, &accepted, &remove)
+        .ok_or_else(|| GatewayError::NotFound("unknown connection_id".into()))?;
     let outcome = Outcome { channels, denied };
     state
         .hub
