@@ -31,8 +31,8 @@ impl PublisherService {
     }
 
     /// The generated server wrapper, with a message limit that fits a full batch of
-    /// maximum-size events (anything larger is refused by the transport with
-    /// `RESOURCE_EXHAUSTED` before it is buffered).
+    /// maximum-size events (anything larger is refused by the transport with `OUT_OF_RANGE`
+    /// before it is buffered).
     pub fn into_server(self) -> pb::publisher_server::PublisherServer<Self> {
         let per_event = self
             .state
