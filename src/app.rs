@@ -114,6 +114,9 @@ pub struct Gateway {
     tasks: TaskTracker,
 }
 
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Listen backlog: a gateway restart makes every browser reconnect at once.
 const LISTEN_BACKLOG: u32 = 8192;
 
@@ -399,7 +402,16 @@ where
             }
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that never finishes its request headers must not hold a socket forever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut draining = false;
