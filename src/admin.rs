@@ -7,7 +7,9 @@ use axum::Json;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::egress::authenticate;
+use crate::auth::Subscriber;
+use crate::egress::session::set_cookie;
+use crate::egress::{authenticate_with, COOKIE};
 use crate::error::GatewayError;
 
 /// The cookie the admin page authenticates with (scoped to `/admin`).
@@ -66,16 +68,15 @@ fn require_admin(
     state: &AppState,
     headers: &HeaderMap,
     raw_query: Option<&str>,
-) -> Result<(), GatewayError> {
-    let mut headers = headers.clone();
-    if let Some(token) = crate::egress::token_cookie(&headers, ADMIN_COOKIE) {
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
-            headers.entry(http::header::AUTHORIZATION).or_insert(v);
-        }
-    }
-    let user = authenticate(state, &headers, query_token(raw_query).as_deref())?;
+) -> Result<Subscriber, GatewayError> {
+    let user = authenticate_with(
+        state,
+        headers,
+        &[ADMIN_COOKIE, COOKIE],
+        query_token(raw_query).as_deref(),
+    )?;
     if user.has_role("admin") {
-        Ok(())
+        Ok(user)
     } else {
         Err(GatewayError::PermissionDenied(
             "the admin endpoints need a token with role \"admin\"".into(),
@@ -122,7 +123,7 @@ pub async fn page(
     RawQuery(q): RawQuery,
 ) -> Response {
     match require_admin(&state, &headers, q.as_deref()) {
-        Ok(()) => Html(include_str!("admin.html")).into_response(),
+        Ok(_) => Html(include_str!("admin.html")).into_response(),
         Err(e) => {
             let status = e.http_status();
             let body =
@@ -141,22 +142,17 @@ pub async fn session(
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     let token = crate::egress::bearer_token(&headers)
-        .ok_or_else(|| GatewayError::Unauthenticated("missing Bearer token".into()))?
-        .to_owned();
-    require_admin(&state, &headers, None)?;
-    let user = state.verifier.verify(&token)?;
+        .ok_or_else(|| GatewayError::Unauthenticated("missing Bearer token".into()))?;
+    let user = require_admin(&state, &headers, None)?;
     let remaining = user.exp.saturating_sub(crate::event::now_ms() / 1000);
-    let cookie = format!(
-        "{ADMIN_COOKIE}={token}; HttpOnly; Path=/admin; SameSite=Strict; Max-Age={remaining}{}",
-        if state.tls { "; Secure" } else { "" }
-    );
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let value = HeaderValue::from_str(&cookie)
-        .map_err(|_| GatewayError::InvalidArgument("token is not a valid cookie value".into()))?;
-    response
-        .headers_mut()
-        .insert(http::header::SET_COOKIE, value);
-    Ok(response)
+    set_cookie(
+        ADMIN_COOKIE,
+        token,
+        "/admin",
+        "Strict",
+        remaining,
+        state.tls,
+    )
 }
 
 fn html_escape(s: &str) -> String {

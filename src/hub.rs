@@ -37,13 +37,6 @@ impl Item {
     }
 }
 
-/// Why a connection was closed by the gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Its queue overflowed.
-    SlowConsumer,
-}
-
 /// One open SSE stream, as seen by the hub.
 #[derive(Debug)]
 pub struct Connection {
@@ -61,7 +54,6 @@ pub struct Connection {
     max_bytes: usize,
     /// Cancelled when the gateway closes this connection.
     pub closed: CancellationToken,
-    close_reason: Mutex<Option<CloseReason>>,
     /// Cancelled to drop the underlying TCP connection (HTTP/1.1), so a stalled reader's
     /// socket buffers are released too.
     transport: Option<CancellationToken>,
@@ -81,11 +73,6 @@ impl Connection {
         self.queued_bytes.load(Ordering::Relaxed)
     }
 
-    /// Why the gateway closed it, if it did.
-    pub fn close_reason(&self) -> Option<CloseReason> {
-        self.close_reason.lock().ok().and_then(|r| *r)
-    }
-
     /// Accounts for an item taken off the queue.
     pub fn dequeued(&self, item: &Item) {
         self.queued_bytes.fetch_sub(item.len(), Ordering::Relaxed);
@@ -98,7 +85,7 @@ impl Connection {
         let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if before.saturating_add(len) > self.max_bytes {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.kick(CloseReason::SlowConsumer, metrics);
+            self.kick_slow_consumer(metrics);
             return false;
         }
         match self.tx.try_send(item) {
@@ -106,19 +93,16 @@ impl Connection {
             Err(e) => {
                 self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
                 if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    self.kick(CloseReason::SlowConsumer, metrics);
+                    self.kick_slow_consumer(metrics);
                 }
                 false
             }
         }
     }
 
-    fn kick(&self, reason: CloseReason, metrics: &Metrics) {
+    fn kick_slow_consumer(&self, metrics: &Metrics) {
         if self.closed.is_cancelled() {
             return;
-        }
-        if let Ok(mut r) = self.close_reason.lock() {
-            *r = Some(reason);
         }
         metrics.slow_consumer_disconnects.inc();
         tracing::info!(connection = %self.id, sub = %self.sub, "slow consumer: queue full, closing stream");
@@ -126,11 +110,6 @@ impl Connection {
         if let Some(t) = &self.transport {
             t.cancel();
         }
-    }
-
-    /// Queues a control frame for this connection.
-    pub fn send_control(&self, frame: Bytes, metrics: &Metrics) -> bool {
-        self.offer(Item::Control(frame), metrics)
     }
 }
 
@@ -231,7 +210,6 @@ impl Hub {
             queued_bytes: AtomicUsize::new(0),
             max_bytes: new.queue_bytes,
             closed: CancellationToken::new(),
-            close_reason: Mutex::new(None),
             transport: new.transport,
         });
         {
@@ -369,7 +347,9 @@ impl Hub {
 
     /// Queues a control frame for one connection; unregisters it when its queue overflows.
     pub fn send_control(&self, connection: &Arc<Connection>, frame: Bytes) {
-        if !connection.send_control(frame, &self.metrics) && connection.closed.is_cancelled() {
+        if !connection.offer(Item::Control(frame), &self.metrics)
+            && connection.closed.is_cancelled()
+        {
             self.remove(connection);
         }
     }

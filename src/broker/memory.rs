@@ -148,11 +148,7 @@ impl MemoryLog {
                 state.dedupe_order.push_back((now, key));
             }
             state.events.push_back((now, event.clone()));
-            if state.events.len() > self.max_events {
-                if let Some((_, ev)) = state.events.pop_front() {
-                    state.evicted_upto = ev.position.minor;
-                }
-            }
+            self.prune(&mut state, now);
             let delivered = self.hub.dispatch(&event);
             out.push(AppendOutcome {
                 cursor,

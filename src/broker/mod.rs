@@ -104,15 +104,4 @@ impl Broker {
             Self::Redis(log) => log.head().await.ok().map(RedisLog::cursor),
         }
     }
-
-    /// The last position of the log (the live hand-over point).
-    ///
-    /// # Errors
-    /// [`GatewayError::Unavailable`] when the log cannot be reached.
-    pub async fn head(&self) -> Result<Position, GatewayError> {
-        match self {
-            Self::Memory(log) => Ok(log.head()),
-            Self::Redis(log) => log.head().await,
-        }
-    }
 }

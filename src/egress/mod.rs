@@ -5,7 +5,7 @@ pub mod sse;
 pub mod subscriptions;
 mod token;
 
-pub use token::{authenticate, bearer as bearer_token, cookie as token_cookie, TransportKill};
+pub use token::{authenticate, authenticate_with, bearer as bearer_token, TransportKill, COOKIE};
 
 use serde::Serialize;
 

@@ -25,11 +25,7 @@ pub async fn create(
     if remaining == 0 {
         return Err(GatewayError::Unauthenticated("token expired".into()));
     }
-    let cookie = format!(
-        "{COOKIE}={token}; HttpOnly; Path=/api/sse; SameSite=Lax; Max-Age={remaining}{}",
-        if state.tls { "; Secure" } else { "" }
-    );
-    set_cookie(&cookie)
+    set_cookie(COOKIE, token, "/api/sse", "Lax", remaining, state.tls)
 }
 
 /// `DELETE /api/sse/session`: clears the cookie.
@@ -37,15 +33,27 @@ pub async fn create(
 /// # Errors
 /// Never in practice.
 pub async fn delete(State(state): State<AppState>) -> Result<Response, GatewayError> {
-    let cookie = format!(
-        "{COOKIE}=; HttpOnly; Path=/api/sse; SameSite=Lax; Max-Age=0{}",
-        if state.tls { "; Secure" } else { "" }
-    );
-    set_cookie(&cookie)
+    set_cookie(COOKIE, "", "/api/sse", "Lax", 0, state.tls)
 }
 
-fn set_cookie(cookie: &str) -> Result<Response, GatewayError> {
-    let value = HeaderValue::from_str(cookie)
+/// A 204 that sets an HttpOnly cookie (`Secure` behind TLS); an empty value with `max_age`
+/// 0 clears it.
+///
+/// # Errors
+/// [`GatewayError::InvalidArgument`] when the value cannot be a cookie.
+pub fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    same_site: &str,
+    max_age: u64,
+    tls: bool,
+) -> Result<Response, GatewayError> {
+    let cookie = format!(
+        "{name}={value}; HttpOnly; Path={path}; SameSite={same_site}; Max-Age={max_age}{}",
+        if tls { "; Secure" } else { "" }
+    );
+    let value = HeaderValue::from_str(&cookie)
         .map_err(|_| GatewayError::InvalidArgument("token is not a valid cookie value".into()))?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response

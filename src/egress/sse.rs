@@ -170,8 +170,6 @@ pub async fn stream(
         expires_at: Instant::now() + Duration::from_millis(expires_in),
         ticker,
         done: false,
-        user_sub: user.sub,
-        user_roles: user.roles,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
         s.next_chunk()
@@ -209,8 +207,6 @@ struct SseStream {
     expires_at: Instant,
     ticker: tokio::time::Interval,
     done: bool,
-    user_sub: String,
-    user_roles: Vec<String>,
 }
 
 impl SseStream {
@@ -264,8 +260,9 @@ impl SseStream {
                         },
                     ));
                 }
+                let conn = &self.registration.connection;
                 for ev in &batch.events {
-                    if ev.admits(&self.user_sub, &self.user_roles) {
+                    if ev.admits(&conn.sub, &conn.roles) {
                         out.extend_from_slice(&ev.frame);
                     }
                 }

@@ -47,16 +47,30 @@ pub fn authenticate(
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Subscriber, GatewayError> {
+    authenticate_with(state, headers, &[COOKIE], query_token)
+}
+
+/// Like [`authenticate`], with the cookies to look in, in order (the admin page has its own).
+///
+/// # Errors
+/// [`GatewayError::Unauthenticated`] when no token is found or it does not verify.
+pub fn authenticate_with(
+    state: &AppState,
+    headers: &HeaderMap,
+    cookies: &[&str],
+    query_token: Option<&str>,
+) -> Result<Subscriber, GatewayError> {
     let token = bearer(headers)
-        .or_else(|| cookie(headers, COOKIE))
-        .or_else(|| {
-            query_token.filter(|_| state.config.raw.http.allow_query_token)
-        })
+        .or_else(|| cookies.iter().find_map(|name| cookie(headers, name)))
+        .or_else(|| query_token.filter(|_| state.config.raw.http.allow_query_token))
         .ok_or_else(|| {
             GatewayError::Unauthenticated(if query_token.is_some() {
                 "missing token (access_token in the query is disabled; use the Authorization header or the session cookie)".to_owned()
             } else {
-                "missing token: send Authorization: Bearer <jwt> or the sse_token cookie".to_owned()
+                format!(
+                    "missing token: send Authorization: Bearer <jwt> or the {} cookie",
+                    cookies.first().copied().unwrap_or(COOKIE)
+                )
             })
         })?;
     state.verifier.verify(token)
