@@ -5,7 +5,7 @@
 //! consumer) and resumes by cursor.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -37,6 +37,14 @@ impl Item {
     }
 }
 
+/// Delivery state of a connection (see [`Connection::finish_replay`]).
+const LIVE: u8 = 0;
+/// Replaying history: an event that does not fit the queue is dropped, not fatal — it is in
+/// the log and the replay reads it.
+const REPLAYING: u8 = 1;
+/// Replaying, and at least one live event was dropped: the replay must read on.
+const LAGGED: u8 = 2;
+
 /// One open SSE stream, as seen by the hub.
 #[derive(Debug)]
 pub struct Connection {
@@ -52,6 +60,7 @@ pub struct Connection {
     tx: mpsc::Sender<Item>,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    delivery: AtomicU8,
     /// Cancelled when the gateway closes this connection.
     pub closed: CancellationToken,
     /// Cancelled to drop the underlying TCP connection (HTTP/1.1), so a stalled reader's
@@ -78,26 +87,49 @@ impl Connection {
         self.queued_bytes.fetch_sub(item.len(), Ordering::Relaxed);
     }
 
-    /// Queues an item without waiting. Returns false (and closes the connection) on overflow.
-    fn offer(&self, item: Item, metrics: &Metrics) -> bool {
-        let len = item.len();
-        // Reserve the bytes first, so the reader's decrement can never run before the increment.
-        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if before.saturating_add(len) > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.kick_slow_consumer(metrics);
-            return false;
-        }
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(e) => {
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    self.kick_slow_consumer(metrics);
-                }
+    /// Ends the replay phase. Returns false when live events were dropped meanwhile: the
+    /// caller reads the log on from where it is and calls this again.
+    pub fn finish_replay(&self) -> bool {
+        match self
+            .delivery
+            .compare_exchange(REPLAYING, LIVE, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(LAGGED) => {
+                self.delivery.store(REPLAYING, Ordering::Release);
                 false
             }
+            Err(_) => true,
         }
+    }
+
+    /// Queues an item without waiting. Returns false when it was not queued: on overflow the
+    /// connection is closed (slow consumer), except for an event while replaying.
+    fn offer(&self, item: Item, metrics: &Metrics) -> bool {
+        let len = item.len();
+        let is_event = matches!(item, Item::Event(_));
+        // Reserve the bytes first, so the reader's decrement can never run before the increment.
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let full = if before.saturating_add(len) > self.max_bytes {
+            true
+        } else {
+            match self.tx.try_send(item) {
+                Ok(()) => return true,
+                Err(e) => matches!(e, mpsc::error::TrySendError::Full(_)),
+            }
+        };
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        if full {
+            let lagging = is_event
+                && self
+                    .delivery
+                    .compare_exchange(REPLAYING, LAGGED, Ordering::AcqRel, Ordering::Acquire)
+                    .map_or_else(|state| state == LAGGED, |_| true);
+            if !lagging {
+                self.kick_slow_consumer(metrics);
+            }
+        }
+        false
     }
 
     fn kick_slow_consumer(&self, metrics: &Metrics) {
@@ -159,6 +191,8 @@ pub struct NewConnection {
     pub max_total: usize,
     /// Token to drop the transport connection.
     pub transport: Option<CancellationToken>,
+    /// The stream starts by replaying history (see [`Connection::finish_replay`]).
+    pub replaying: bool,
 }
 
 /// Removes a connection from the hub when dropped.
@@ -208,6 +242,7 @@ impl Hub {
             channels: Mutex::new(new.channels.iter().cloned().collect()),
             tx,
             queued_bytes: AtomicUsize::new(0),
+            delivery: AtomicU8::new(if new.replaying { REPLAYING } else { LIVE }),
             max_bytes: new.queue_bytes,
             closed: CancellationToken::new(),
             transport: new.transport,

@@ -919,12 +919,12 @@ async fn age_based_retention_and_the_dedupe_window_expire() {
 /// replay will read from the log anyway are not held in the queue meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_replay_under_live_traffic_is_not_a_slow_consumer() {
-    let gw = TestGateway::spawn(|c| c.sse.queue_events = 128).await;
+    let gw = TestGateway::spawn(|c| c.sse.queue_events = 256).await;
     let token = gw.token("alice", &["logs:**"], &[], 600);
     let mut client = gw.publisher("l5-etl-service").await;
     let first = common::publish(&mut client, common::req("logs:ws1", &json!({"n": 0}))).await;
     let mut expected = Vec::new();
-    for chunk in 0..20 {
+    for chunk in 0..40 {
         let events = (0..1000)
             .map(|i| common::req("logs:ws1", &json!({"n": 1 + chunk * 1000 + i})))
             .collect();
@@ -935,8 +935,8 @@ async fn a_long_replay_under_live_traffic_is_not_a_slow_consumer() {
             .into_inner();
         expected.extend(resp.results.into_iter().map(|r| r.id));
     }
-    const BURSTS: usize = 60;
-    const BURST: usize = 30;
+    const BURSTS: usize = 100;
+    const BURST: usize = 20;
     // Live traffic starts before the resume and goes on during the replay.
     let live = tokio::spawn({
         let mut client = client.clone();

@@ -118,6 +118,12 @@ pub async fn stream(
         .map(str::to_owned)
         .or(query.last_event_id)
         .filter(|c| !c.is_empty());
+    let replay = cursor
+        .as_deref()
+        .map(|c| match state.broker.parse_cursor(c) {
+            Some(pos) => Replay::From(pos),
+            None => Replay::Foreign,
+        });
     let sse = &state.config.raw.sse;
     let (registration, rx) = state.hub.register(NewConnection {
         sub: user.sub.clone(),
@@ -129,15 +135,10 @@ pub async fn stream(
         max_total: state.config.raw.limits.max_connections,
         // Only an HTTP/1.1 connection is ours alone to drop.
         transport: kill.map(|Extension(k)| k.0),
+        replaying: matches!(replay, Some(Replay::From(_))),
     })?;
     tracing::debug!(connection = %registration.connection.id, sub = %user.sub, channels = granted.len(), "stream opened");
 
-    let replay = cursor
-        .as_deref()
-        .map(|c| match state.broker.parse_cursor(c) {
-            Some(pos) => Replay::From(pos),
-            None => Replay::Foreign,
-        });
     let start = match (&replay, cursor) {
         (Some(Replay::From(_)), Some(c)) => Some(c),
         _ => state.broker.head_cursor().await,
@@ -269,7 +270,8 @@ impl SseStream {
                 // `last` never passes the log's head: a cursor from beyond it (a lost log) must not hide
                 // the live events that follow.
                 self.covered = Some(batch.last);
-                if !batch.done {
+                // Live events dropped while replaying are in the log: read on until none was.
+                if !batch.done || !conn.finish_replay() {
                     self.replay = Some(Replay::From(batch.last));
                     self.drain_during_replay(&mut out);
                 }
@@ -277,6 +279,7 @@ impl SseStream {
             Err(e) => {
                 // The log is unreachable: say so, and continue live.
                 tracing::warn!(error = %e, "replay failed; sending gap");
+                self.registration.connection.finish_replay();
                 out.extend_from_slice(&render_control(
                     "gap",
                     &Gap {
@@ -289,8 +292,10 @@ impl SseStream {
     }
 
     /// While more history remains, live events queued meanwhile are in the log too and will be
-    /// read by a later page: drop them, so a long replay under live traffic does not overflow
-    /// the queue. Control frames are kept.
+    /// read by a later page: drop them to keep room in the queue. (Those that found it full
+    /// were dropped by the hub, which marked the connection lagged rather than slow: a replay
+    /// is paced by the client's reading, and the log holds what it has not read yet.)
+    /// Control frames are kept.
     fn drain_during_replay(&mut self, out: &mut BytesMut) {
         let conn = self.registration.connection.clone();
         while let Ok(item) = self.rx.try_recv() {
