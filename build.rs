@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // A request that does not decode is INVALID_ARGUMENT, not prost's INTERNAL.
+        .codec_path("crate::ingest::codec::ProtoCodec")
         .file_descriptor_set_path(out_dir.join("ssegateway_descriptor.bin"))
         .compile_protos(&["proto/ssegateway/v1/gateway.proto"], &["proto"])?;
     Ok(())

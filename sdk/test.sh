@@ -6,10 +6,15 @@
 # Sets up what is missing (.venv from sdk/python/requirements-dev.txt, the editable Python package,
 # sdk/node/node_modules via `npm ci`), then runs:
 #   1. sdk-gen/check          committed generated code == a fresh generation from proto/
-#   2. pytest sdk/python/tests
-#   3. node --test sdk/node/test/*.test.js
-# and exits non-zero when any of them fails. The gateway binary is $SSE_GATEWAY_BIN, default
-# <repo>/target/debug/sse-gateway.
+#   2. sdk/pack.sh            the distributable packages (Python wheel + sdist, the npm tarballs of
+#                             @sse-gateway/publisher and of the browser client @sse-gateway/client)
+#                             into artifacts/packages/ ($SDK_ARTIFACTS for the tests)
+#   3. pytest sdk/python/tests
+#   4. node --test sdk/node/test/*.test.js
+# and exits non-zero when any of them fails. Tests 3 and 4 include installing the SDKs into fresh
+# virtualenvs / fresh npm apps - as the README says, and from the packages of step 2 - and publishing
+# from there (dependencies come from PyPI / the npm registry, through the local caches).
+# The gateway binary is $SSE_GATEWAY_BIN, default <repo>/target/debug/sse-gateway.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +31,7 @@ set -e
 # shellcheck source=../sdk-gen/tools.sh
 source "$ROOT/sdk-gen/tools.sh"
 ensure_python_tools
-if ! "$SDK_PYTHON" -c 'import pytest, flask' 2>/dev/null; then
+if ! "$SDK_PYTHON" -c 'import pytest, flask, build' 2>/dev/null; then
   "$SDK_PYTHON" -m pip install --quiet --disable-pip-version-check -r sdk/python/requirements-dev.txt
 fi
 pkg_dir="$("$SDK_PYTHON" -c 'import os, sse_gateway_sdk; print(os.path.dirname(sse_gateway_sdk.__file__))' 2>/dev/null || true)"
@@ -41,12 +46,17 @@ failed=()
 step() {
   local name="$1"; shift
   echo "=== sdk: $name"
+  local t0=$SECONDS
   if ! "$@"; then
     failed+=("$name")
   fi
+  echo "=== sdk: $name: $((SECONDS - t0)) s"
 }
 
 step "sdk-gen/check" "$ROOT/sdk-gen/check"
+export SDK_ARTIFACTS="$ROOT/artifacts/packages"
+rm -rf "$SDK_ARTIFACTS"
+step "packages (sdk/pack.sh)" "$ROOT/sdk/pack.sh" "$SDK_ARTIFACTS"
 step "python (pytest)" "$SDK_PYTHON" -m pytest -p no:cacheprovider -q sdk/python/tests
 step "node (node --test)" bash -c 'cd sdk/node && node --test test/*.test.js'
 

@@ -1,33 +1,36 @@
 //! Health, readiness, Prometheus metrics, and the admin JSON endpoints and live page.
 
-use axum::extract::{RawQuery, State};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::auth::Subscriber;
-use crate::egress::session::set_cookie;
-use crate::egress::{authenticate_with, COOKIE};
+use crate::auth::{bearer, set_cookie, Admin, TokenAuth, ADMIN_COOKIE};
+use crate::broker::Broker;
 use crate::error::GatewayError;
-
-/// The cookie the admin page authenticates with (scoped to `/admin`).
-pub const ADMIN_COOKIE: &str = "sse_admin_token";
+use crate::hub::Hub;
+use crate::metrics::Metrics;
 
 /// `GET /health`.
-pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn health(
+    State(hub): State<Arc<Hub>>,
+    State(started): State<Instant>,
+) -> Json<serde_json::Value> {
     Json(json!({
         "status": "ok",
-        "connections": state.hub.connection_count(),
-        "channels": state.hub.channel_count(),
-        "uptime_s": state.started.elapsed().as_secs(),
+        "connections": hub.connection_count(),
+        "channels": hub.channel_count(),
+        "uptime_s": started.elapsed().as_secs(),
     }))
 }
 
 /// `GET /ready`: 200 when the broker answers, else 503.
-pub async fn ready(State(state): State<AppState>) -> Response {
-    if state.broker.ready().await {
+pub(crate) async fn ready(State(broker): State<Broker>) -> Response {
+    if broker.ready().await {
         Json(json!({"status": "ready"})).into_response()
     } else {
         (
@@ -40,12 +43,12 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: OpenMetrics text when the scraper asks for it, else the classic Prometheus
 /// text content type (the exposition is compatible with both parsers).
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn metrics(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Response {
     let openmetrics = headers
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let mut response = state.metrics.render().into_response();
+    let mut response = metrics.render().into_response();
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static(if openmetrics {
@@ -57,72 +60,30 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     response
 }
 
-fn query_token(raw: Option<&str>) -> Option<String> {
-    form_urlencoded::parse(raw?.as_bytes())
-        .find(|(k, _)| k == "access_token")
-        .map(|(_, v)| v.into_owned())
-}
-
-/// Requires a token with role `admin`: 401 without a valid token, 403 without the role.
-fn require_admin(
-    state: &AppState,
-    headers: &HeaderMap,
-    raw_query: Option<&str>,
-) -> Result<Subscriber, GatewayError> {
-    let user = authenticate_with(
-        state,
-        headers,
-        &[ADMIN_COOKIE, COOKIE],
-        query_token(raw_query).as_deref(),
-    )?;
-    if user.has_role("admin") {
-        Ok(user)
-    } else {
-        Err(GatewayError::PermissionDenied(
-            "the admin endpoints need a token with role \"admin\"".into(),
-        ))
-    }
-}
-
 /// `GET /admin/connections`.
 ///
 /// # Errors
-/// 401/403 as [`require_admin`].
-pub async fn connections(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, GatewayError> {
-    require_admin(&state, &headers, q.as_deref())?;
-    Ok(Json(state.hub.connections()).into_response())
+/// 401/403 as [`Admin`].
+pub(crate) async fn connections(_: Admin, State(hub): State<Arc<Hub>>) -> Response {
+    Json(hub.connections()).into_response()
 }
 
 /// `GET /admin/channels`.
 ///
 /// # Errors
-/// 401/403 as [`require_admin`].
-pub async fn channels(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, GatewayError> {
-    require_admin(&state, &headers, q.as_deref())?;
-    let list: Vec<_> = state
-        .hub
+/// 401/403 as [`Admin`].
+pub(crate) async fn channels(_: Admin, State(hub): State<Arc<Hub>>) -> Response {
+    let list: Vec<_> = hub
         .channels()
         .into_iter()
         .map(|(channel, subscribers)| json!({"channel": channel, "subscribers": subscribers}))
         .collect();
-    Ok(Json(list).into_response())
+    Json(list).into_response()
 }
 
 /// `GET /admin`: the live dashboard (or a sign-in form with 401/403).
-pub async fn page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    match require_admin(&state, &headers, q.as_deref()) {
+pub(crate) async fn page(admin: Result<Admin, GatewayError>) -> Response {
+    match admin {
         Ok(_) => Html(include_str!("admin.html")).into_response(),
         Err(e) => {
             let status = e.http_status();
@@ -136,14 +97,15 @@ pub async fn page(
 /// `POST /admin/session`: exchange a Bearer admin token for a cookie scoped to `/admin`.
 ///
 /// # Errors
-/// 401/403 as [`require_admin`].
-pub async fn session(
-    State(state): State<AppState>,
+/// 401 without a Bearer token, else 401/403 as [`Admin`].
+pub(crate) async fn session(
+    State(auth): State<TokenAuth>,
     headers: HeaderMap,
+    admin: Result<Admin, GatewayError>,
 ) -> Result<Response, GatewayError> {
-    let token = crate::egress::bearer_token(&headers)
+    let token = bearer(&headers)
         .ok_or_else(|| GatewayError::Unauthenticated("missing Bearer token".into()))?;
-    let user = require_admin(&state, &headers, None)?;
+    let Admin(user) = admin?;
     let remaining = user.exp.saturating_sub(crate::event::now_ms() / 1000);
     set_cookie(
         ADMIN_COOKIE,
@@ -151,7 +113,7 @@ pub async fn session(
         "/admin",
         "Strict",
         remaining,
-        state.tls,
+        auth.secure_cookies,
     )
 }
 

@@ -18,14 +18,12 @@ pub async fn connect(
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<PublisherClient<Channel>> {
-    crate::app::install_crypto_provider();
+    crate::server::install_crypto_provider();
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    // The name the server certificate must carry: the host dialled, an IP address included
+    // (`[::1]:50051` → `::1`).
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let domain = if host.parse::<std::net::IpAddr>().is_ok() {
-        "localhost"
-    } else {
-        host
-    };
+    let domain = host.trim_start_matches('[').trim_end_matches(']');
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca)?))
         .identity(Identity::from_pem(read(cert)?, read(key)?))

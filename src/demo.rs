@@ -10,10 +10,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::auth::jwt::{mint_hs256, Claims};
 use crate::event::now_ms;
 use crate::ingest::pb::PublishRequest;
+use crate::state::{AppState, DemoState};
 
 const INDEX: &str = include_str!("../web/demo-dist/index.html");
 const SCRIPT: &str = include_str!("../web/demo-dist/demo.js");
@@ -23,7 +23,7 @@ const STYLE: &str = include_str!("../web/demo-dist/demo.css");
 const DEMO_TOKEN_SECS: u64 = 600;
 
 /// The demo routes (only mounted in demo mode).
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/demo/") }))
         .route("/demo", get(|| async { Redirect::temporary("/demo/") }))
@@ -51,8 +51,8 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     r
 }
 
-async fn token(State(state): State<AppState>) -> Response {
-    let Some(demo) = &state.demo else {
+async fn token(State(demo): State<Option<DemoState>>) -> Response {
+    let Some(demo) = demo else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let claims = Claims {

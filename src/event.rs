@@ -62,9 +62,9 @@ pub struct Event {
     pub position: Position,
     /// The cursor string (SSE `id:`).
     pub cursor: String,
-    /// Channel.
+    /// The channel it was published to.
     pub channel: ChannelName,
-    /// Targeting.
+    /// Who may receive it, when the publisher restricted it.
     pub audience: Option<Audience>,
     /// Accept time, ms since the Unix epoch.
     pub ts: u64,
@@ -72,6 +72,9 @@ pub struct Event {
     pub frame: Bytes,
     /// When this node accepted (or read) it, for the publish-to-write latency metric.
     pub accepted_at: std::time::Instant,
+    /// The frame sent as a channel's latest value ([`Event::snapshot_frame`]), rendered on first
+    /// use and then shared by every stream that gets it.
+    snapshot: std::sync::OnceLock<Bytes>,
 }
 
 impl Event {
@@ -86,7 +89,22 @@ impl Event {
             ts,
             frame,
             accepted_at: std::time::Instant::now(),
+            snapshot: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The event as its channel's latest value: a data message with no `id:` line (so the
+    /// client's cursor stays where it is) whose envelope also says `"snapshot":true`.
+    pub fn snapshot_frame(&self) -> &Bytes {
+        self.snapshot.get_or_init(|| {
+            // `frame` is `id: <cursor>\ndata: {<envelope>}\n\n`, rendered by `render_frame`.
+            let head = format!("id: {}\ndata: {{", self.cursor);
+            let rest = self.frame.get(head.len()..).unwrap_or_default();
+            let mut out = Vec::with_capacity(rest.len() + 24);
+            out.extend_from_slice(b"data: {\"snapshot\":true,");
+            out.extend_from_slice(rest);
+            Bytes::from(out)
+        })
     }
 
     /// Whether a subscriber may receive this event under its audience.
@@ -150,21 +168,31 @@ pub fn parse_event_name(raw: &str) -> Result<String, GatewayError> {
     }
 }
 
+/// How deeply arrays and objects may nest in published data by default. Common JSON parsers
+/// recurse per level (Python's `json`, browsers' `JSON.parse` have limits), so a payload nested
+/// thousands of levels deep would be fanned out to clients that cannot read it.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+
 /// Validates JSON text and returns it without insignificant whitespace, keeping numbers and
-/// strings exactly as written (so large numbers keep their precision).
+/// strings exactly as written (so large numbers keep their precision). Arrays and objects may
+/// nest at most `max_depth` levels (a scalar is level 0, `[1]` is level 1).
 ///
 /// # Errors
-/// [`GatewayError::InvalidData`] with the parser's message.
-pub fn compact_json(data: &str) -> Result<String, GatewayError> {
+/// [`GatewayError::InvalidData`] with the parser's message; [`GatewayError::InvalidArgument`]
+/// naming the limit when the data nests deeper than `max_depth`.
+pub fn compact_json(data: &str, max_depth: usize) -> Result<String, GatewayError> {
     if data.trim().is_empty() {
         return Err(GatewayError::InvalidData("data is empty".to_owned()));
     }
+    // `IgnoredAny` skips nested values with an explicit stack, not recursion, so this cannot
+    // overflow the thread's stack however deep the input nests; the depth is bounded below.
     serde_json::from_str::<serde::de::IgnoredAny>(data)
         .map_err(|e| GatewayError::InvalidData(e.to_string()))?;
     // Valid JSON can hold whitespace only between tokens or inside strings (where CR/LF are
-    // always escaped), so dropping whitespace outside strings is enough.
+    // always escaped), so dropping whitespace outside strings is enough. Brackets outside
+    // strings are exactly the nesting of arrays and objects.
     let mut out = String::with_capacity(data.len());
-    let (mut in_string, mut escaped) = (false, false);
+    let (mut in_string, mut escaped, mut depth) = (false, false, 0usize);
     for c in data.chars() {
         if in_string {
             out.push(c);
@@ -175,12 +203,24 @@ pub fn compact_json(data: &str) -> Result<String, GatewayError> {
             } else if c == '"' {
                 in_string = false;
             }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            out.push(c);
+            continue;
         }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(GatewayError::InvalidArgument(format!(
+                        "data nests arrays and objects more than {max_depth} levels deep \
+                         (the limit is {max_depth})"
+                    )));
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ' ' | '\t' | '\n' | '\r' => continue,
+            _ => {}
+        }
+        out.push(c);
     }
     Ok(out)
 }
@@ -199,7 +239,7 @@ mod tests {
     #[test]
     fn compacts_without_touching_strings() {
         let pretty = "{\n  \"a\": \"x\\n\\ny z\",\r\n  \"n\": 12345678901234567890123\n}";
-        let out = compact_json(pretty).unwrap();
+        let out = compact_json(pretty, DEFAULT_MAX_JSON_DEPTH).unwrap();
         assert_eq!(out, "{\"a\":\"x\\n\\ny z\",\"n\":12345678901234567890123}");
         assert!(!out.contains('\n'));
     }
@@ -207,11 +247,61 @@ mod tests {
     #[test]
     fn rejects_non_json() {
         for bad in ["", "  ", "{", "not json", "{\"a\":1}x", "'a'"] {
-            assert!(compact_json(bad).is_err(), "{bad:?}");
+            assert!(
+                compact_json(bad, DEFAULT_MAX_JSON_DEPTH).is_err(),
+                "{bad:?}"
+            );
         }
         for ok in ["1", "\"s\"", "null", "[1,2]", "{}"] {
-            assert!(compact_json(ok).is_ok(), "{ok:?}");
+            assert!(compact_json(ok, DEFAULT_MAX_JSON_DEPTH).is_ok(), "{ok:?}");
         }
+    }
+
+    #[test]
+    fn nesting_depth_is_bounded_without_recursion() {
+        let nested = |d: usize| format!("{}0{}", "[".repeat(d), "]".repeat(d));
+        assert!(compact_json(&nested(3), 3).is_ok());
+        assert!(compact_json("{\"a\":[{\"b\":1}]}", 3).is_ok());
+        assert!(compact_json("{\"a\":[{\"b\":[]}]}", 3).is_err());
+        // Siblings do not add up; brackets inside strings do not count.
+        assert!(compact_json("[[1],[2],{\"a\":3}]", 2).is_ok());
+        assert!(compact_json("[\"[[[[\\\"{{{{\"]", 1).is_ok());
+        assert_eq!(compact_json("1", 0).unwrap(), "1");
+        assert!(compact_json("[]", 0).is_err());
+        // Over serde_json's recursion limit (128) and far beyond: refused, no stack overflow.
+        for d in [65, 100, 129, 30_000, 1_000_000] {
+            let err = compact_json(&nested(d), DEFAULT_MAX_JSON_DEPTH).unwrap_err();
+            assert!(
+                matches!(err, GatewayError::InvalidArgument(_)),
+                "{d}: {err}"
+            );
+            assert!(err.to_string().contains("64 levels deep"), "{err}");
+        }
+        // Unbalanced deep input is not JSON, and says so.
+        assert!(matches!(
+            compact_json(&"[".repeat(100_000), DEFAULT_MAX_JSON_DEPTH),
+            Err(GatewayError::InvalidData(_))
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_frame_has_no_id_line_and_says_snapshot() {
+        let new = NewEvent {
+            channel: ChannelName::parse_syntax("dashboards:d1").unwrap(),
+            event: "tick".into(),
+            payload: "{\"v\":1}".into(),
+            idempotency_key: None,
+            audience: None,
+        };
+        let ev = Event::new(Position::default(), "c-7".into(), &new, 5);
+        let frame = std::str::from_utf8(ev.snapshot_frame()).unwrap();
+        assert_eq!(
+            frame,
+            "data: {\"snapshot\":true,\"channel\":\"dashboards:d1\",\"event\":\"tick\",\
+             \"id\":\"c-7\",\"ts\":5,\"payload\":{\"v\":1}}\n\n"
+        );
+        // Rendered once, then shared.
+        assert_eq!(ev.snapshot_frame().as_ptr(), ev.snapshot_frame().as_ptr());
     }
 
     #[test]

@@ -26,24 +26,61 @@ pub enum Item {
     Event(Arc<Event>),
     /// A control frame for this connection only.
     Control(Bytes),
+    /// `event: gap` for this connection: the stream sends its channels' latest events next.
+    Gap(Bytes),
+    /// A channel's latest event, for a channel just added to this connection (written as its
+    /// snapshot frame, unless the stream already sent that channel something as new).
+    Snapshot(Arc<Event>),
 }
 
 impl Item {
     fn len(&self) -> usize {
         match self {
             Item::Event(e) => e.frame.len(),
-            Item::Control(b) => b.len(),
+            Item::Control(b) | Item::Gap(b) => b.len(),
+            Item::Snapshot(e) => e.snapshot_frame().len(),
         }
     }
 }
 
-/// Delivery state of a connection (see [`Connection::finish_replay`]).
-const LIVE: u8 = 0;
-/// Replaying history: an event that does not fit the queue is dropped, not fatal — it is in
-/// the log and the replay reads it.
-const REPLAYING: u8 = 1;
-/// Replaying, and at least one live event was dropped: the replay must read on.
-const LAGGED: u8 = 2;
+/// Where a connection's events come from; decides what a full queue means.
+///
+/// While a stream replays history, a full queue is not fatal: the event is in the log, and a
+/// later page reads it. Once live, a full queue means the client reads too slowly: the stream
+/// is closed (slow consumer) and the client resumes by cursor. A control frame that does not
+/// fit is always fatal (it is in no log).
+///
+/// ```text
+///            offer: queue full             finish_replay → false: read the log on
+/// Replaying ──────────────────▶ Lagged ──────────────────────────────────────▶ Replaying
+///     │ finish_replay → true
+///     ▼
+///   Live
+///     │ offer: queue full
+///     ▼
+///  closed (slow consumer)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Delivery {
+    /// Events come from the hub, through the queue.
+    Live = 0,
+    /// The stream is reading the log; queued events are dropped by it (a later page reads
+    /// them) until it has caught up.
+    Replaying = 1,
+    /// At least one event was dropped for want of room: the stream must read the log on.
+    Lagged = 2,
+}
+
+impl Delivery {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Replaying,
+            2 => Self::Lagged,
+            _ => Self::Live,
+        }
+    }
+}
 
 /// One open SSE stream, as seen by the hub.
 #[derive(Debug)]
@@ -71,10 +108,13 @@ pub struct Connection {
 impl Connection {
     /// The channels this connection currently receives.
     pub fn channels(&self) -> Vec<ChannelName> {
+        // No invariant spans these short critical sections: a poisoned lock is recovered.
         self.channels
             .lock()
-            .map(|c| c.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Bytes of frames queued and not yet written.
@@ -87,19 +127,31 @@ impl Connection {
         self.queued_bytes.fetch_sub(item.len(), Ordering::Relaxed);
     }
 
-    /// Ends the replay phase. Returns false when live events were dropped meanwhile: the
-    /// caller reads the log on from where it is and calls this again.
+    /// The current delivery state.
+    pub fn delivery(&self) -> Delivery {
+        Delivery::from_u8(self.delivery.load(Ordering::Acquire))
+    }
+
+    fn transition(&self, from: Delivery, to: Delivery) -> Result<(), Delivery> {
+        self.delivery
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(Delivery::from_u8)
+    }
+
+    /// Ends the replay phase (`Replaying` → `Live`). Returns false when live events were
+    /// dropped meanwhile (`Lagged` → `Replaying`): the caller reads the log on from where it
+    /// is and calls this again.
     pub fn finish_replay(&self) -> bool {
-        match self
-            .delivery
-            .compare_exchange(REPLAYING, LIVE, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => true,
-            Err(LAGGED) => {
-                self.delivery.store(REPLAYING, Ordering::Release);
+        match self.transition(Delivery::Replaying, Delivery::Live) {
+            Err(Delivery::Lagged) => {
+                // Only this stream's own task leaves `Lagged`; the hub never moves it back.
+                self.delivery
+                    .store(Delivery::Replaying as u8, Ordering::Release);
                 false
             }
-            Err(_) => true,
+            // Already live (a stream that never replayed), or switched just now.
+            Ok(()) | Err(Delivery::Live | Delivery::Replaying) => true,
         }
     }
 
@@ -120,12 +172,14 @@ impl Connection {
         };
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         if full {
-            let lagging = is_event
-                && self
-                    .delivery
-                    .compare_exchange(REPLAYING, LAGGED, Ordering::AcqRel, Ordering::Acquire)
-                    .map_or_else(|state| state == LAGGED, |_| true);
-            if !lagging {
+            // While replaying, the event is in the log and a later page reads it; a live
+            // stream whose queue overflows is a slow consumer.
+            let falls_back = is_event
+                && match self.transition(Delivery::Replaying, Delivery::Lagged) {
+                    Ok(()) | Err(Delivery::Lagged) => true,
+                    Err(Delivery::Live | Delivery::Replaying) => false,
+                };
+            if !falls_back {
                 self.kick_slow_consumer(metrics);
             }
         }
@@ -148,11 +202,11 @@ impl Connection {
 /// A JSON summary of a connection, for `/admin/connections`.
 #[derive(Debug, Serialize)]
 pub struct ConnectionInfo {
-    /// Id.
+    /// The id the stream's `ready` event announced.
     pub connection_id: String,
-    /// User.
+    /// The subscriber's JWT `sub`.
     pub sub: String,
-    /// Channels.
+    /// Channels the stream carries now.
     pub channels: Vec<ChannelName>,
     /// Seconds since the Unix epoch.
     pub connected_at: u64,
@@ -175,9 +229,9 @@ pub struct Hub {
 
 /// Parameters of a new connection.
 pub struct NewConnection {
-    /// User.
+    /// The subscriber's JWT `sub` (counted against `max_per_user`, matched by audiences).
     pub sub: String,
-    /// Roles.
+    /// The subscriber's roles (matched by audiences).
     pub roles: Vec<String>,
     /// Initial channels.
     pub channels: Vec<ChannelName>,
@@ -242,7 +296,11 @@ impl Hub {
             channels: Mutex::new(new.channels.iter().cloned().collect()),
             tx,
             queued_bytes: AtomicUsize::new(0),
-            delivery: AtomicU8::new(if new.replaying { REPLAYING } else { LIVE }),
+            delivery: AtomicU8::new(if new.replaying {
+                Delivery::Replaying
+            } else {
+                Delivery::Live
+            } as u8),
             max_bytes: new.queue_bytes,
             closed: CancellationToken::new(),
             transport: new.transport,
@@ -310,47 +368,6 @@ impl Hub {
         self.metrics.subscriptions.dec_by(channels.len() as i64);
     }
 
-    /// Changes a connection's channels; returns its new channel list.
-    pub fn update_channels(
-        &self,
-        connection: &Arc<Connection>,
-        add: &[ChannelName],
-        remove: &[ChannelName],
-    ) -> Option<Vec<ChannelName>> {
-        let mut inner = self.write();
-        // A connection that closed meanwhile must not be put back into the channel map.
-        if !inner.connections.contains_key(&connection.id) {
-            return None;
-        }
-        let Ok(mut set) = connection.channels.lock() else {
-            return None;
-        };
-        let mut delta: i64 = 0;
-        for ch in remove {
-            if set.remove(ch) {
-                delta -= 1;
-                if let Some(subs) = inner.by_channel.get_mut(ch) {
-                    subs.remove(&connection.id);
-                    if subs.is_empty() {
-                        inner.by_channel.remove(ch);
-                    }
-                }
-            }
-        }
-        for ch in add {
-            if set.insert(ch.clone()) {
-                delta += 1;
-                inner
-                    .by_channel
-                    .entry(ch.clone())
-                    .or_default()
-                    .insert(connection.id.clone(), connection.clone());
-            }
-        }
-        self.metrics.subscriptions.inc_by(delta);
-        Some(set.iter().cloned().collect())
-    }
-
     /// Hands an event to every subscriber of its channel that its audience admits.
     /// Returns how many queues took it.
     pub fn dispatch(&self, event: &Arc<Event>) -> u32 {
@@ -382,9 +399,17 @@ impl Hub {
 
     /// Queues a control frame for one connection; unregisters it when its queue overflows.
     pub fn send_control(&self, connection: &Arc<Connection>, frame: Bytes) {
-        if !connection.offer(Item::Control(frame), &self.metrics)
-            && connection.closed.is_cancelled()
-        {
+        self.send(connection, Item::Control(frame));
+    }
+
+    /// Queues a channel's latest event for one connection (like a control frame, it is in no
+    /// log this stream reads, so a queue overflow closes the connection).
+    pub fn send_snapshot(&self, connection: &Arc<Connection>, event: Arc<Event>) {
+        self.send(connection, Item::Snapshot(event));
+    }
+
+    fn send(&self, connection: &Arc<Connection>, item: Item) {
+        if !connection.offer(item, &self.metrics) && connection.closed.is_cancelled() {
             self.remove(connection);
         }
     }
@@ -452,8 +477,65 @@ impl Hub {
             let channels = conn.channels();
             let frame =
                 crate::event::render_control("gap", &serde_json::json!({ "channels": channels }));
-            self.send_control(&conn, frame);
+            self.send(&conn, Item::Gap(frame));
         }
+    }
+
+    /// Changes a connection's channels, checking its channel limit under the same lock as the
+    /// change, so concurrent changes cannot take it over `max`: removes first, then adds in
+    /// order while there is room. Returns the new channel list and the channels of `add`
+    /// refused for lack of room.
+    ///
+    /// # Errors
+    /// [`GatewayError::NotFound`] when the connection has closed.
+    pub fn update_channels_bounded(
+        &self,
+        connection: &Arc<Connection>,
+        add: &[ChannelName],
+        remove: &[ChannelName],
+        max: usize,
+    ) -> Result<(Vec<ChannelName>, Vec<ChannelName>), GatewayError> {
+        let mut inner = self.write();
+        // A connection that closed meanwhile must not be put back into the channel map.
+        if !inner.connections.contains_key(&connection.id) {
+            return Err(GatewayError::NotFound("unknown connection_id".into()));
+        }
+        // No invariant spans these short critical sections: a poisoned lock is recovered.
+        let mut set = connection
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut delta: i64 = 0;
+        for ch in remove {
+            if set.remove(ch) {
+                delta -= 1;
+                if let Some(subs) = inner.by_channel.get_mut(ch) {
+                    subs.remove(&connection.id);
+                    if subs.is_empty() {
+                        inner.by_channel.remove(ch);
+                    }
+                }
+            }
+        }
+        let mut refused = Vec::new();
+        for ch in add {
+            if set.contains(ch) {
+                continue;
+            }
+            if set.len() >= max {
+                refused.push(ch.clone());
+                continue;
+            }
+            set.insert(ch.clone());
+            delta += 1;
+            inner
+                .by_channel
+                .entry(ch.clone())
+                .or_default()
+                .insert(connection.id.clone(), connection.clone());
+        }
+        self.metrics.subscriptions.inc_by(delta);
+        Ok((set.iter().cloned().collect(), refused))
     }
 }
 
@@ -461,4 +543,110 @@ impl Hub {
 pub fn random_id() -> String {
     let n: u128 = rand::random();
     format!("{n:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{NewEvent, Position};
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(Arc::new(Metrics::new())))
+    }
+
+    fn channel() -> ChannelName {
+        ChannelName::parse_syntax("logs:ws1").unwrap()
+    }
+
+    fn register(hub: &Arc<Hub>, replaying: bool) -> (Registration, mpsc::Receiver<Item>) {
+        hub.register(NewConnection {
+            sub: "alice".into(),
+            roles: Vec::new(),
+            channels: vec![channel()],
+            queue_events: 2,
+            queue_bytes: 1 << 20,
+            max_per_user: 8,
+            max_total: 8,
+            transport: None,
+            replaying,
+        })
+        .unwrap()
+    }
+
+    fn event(n: u64) -> Arc<Event> {
+        let new = NewEvent {
+            channel: channel(),
+            event: "message".into(),
+            payload: format!("{{\"n\":{n}}}"),
+            idempotency_key: None,
+            audience: None,
+        };
+        let position = Position { major: 1, minor: n };
+        Arc::new(Event::new(position, n.to_string(), &new, 0))
+    }
+
+    #[test]
+    fn a_replaying_stream_that_overflows_is_lagged_not_closed() {
+        let hub = hub();
+        let (reg, _rx) = register(&hub, true);
+        let conn = &reg.connection;
+        assert_eq!(conn.delivery(), Delivery::Replaying);
+        assert_eq!(hub.dispatch(&event(1)), 1);
+        assert_eq!(hub.dispatch(&event(2)), 1);
+        // The queue holds two: the third is dropped, and the replay must read on.
+        assert_eq!(hub.dispatch(&event(3)), 0);
+        assert_eq!(conn.delivery(), Delivery::Lagged);
+        assert!(!conn.closed.is_cancelled());
+        assert_eq!(hub.connection_count(), 1);
+        // Lagged: finishing fails once and goes back to replaying; the next attempt succeeds.
+        assert!(!conn.finish_replay());
+        assert_eq!(conn.delivery(), Delivery::Replaying);
+        assert!(conn.finish_replay());
+        assert_eq!(conn.delivery(), Delivery::Live);
+    }
+
+    #[test]
+    fn a_live_stream_that_overflows_is_closed_as_a_slow_consumer() {
+        let hub = hub();
+        let (reg, _rx) = register(&hub, false);
+        let conn = reg.connection.clone();
+        assert_eq!(conn.delivery(), Delivery::Live);
+        hub.dispatch(&event(1));
+        hub.dispatch(&event(2));
+        assert_eq!(hub.dispatch(&event(3)), 0);
+        assert!(conn.closed.is_cancelled());
+        // Unregistered at once, so later events do not even look at it.
+        assert_eq!(hub.connection_count(), 0);
+        assert_eq!(hub.metrics.slow_consumer_disconnects.get(), 1);
+    }
+
+    #[test]
+    fn a_finished_replay_is_live_and_finishing_again_is_harmless() {
+        let hub = hub();
+        let (reg, mut rx) = register(&hub, true);
+        let conn = reg.connection.clone();
+        assert!(conn.finish_replay());
+        assert!(conn.finish_replay());
+        hub.dispatch(&event(1));
+        hub.dispatch(&event(2));
+        assert_eq!(hub.dispatch(&event(3)), 0);
+        assert!(
+            conn.closed.is_cancelled(),
+            "live overflow closes the stream"
+        );
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn control_frames_overflowing_a_replaying_stream_close_it() {
+        let hub = hub();
+        let (reg, _rx) = register(&hub, true);
+        let conn = reg.connection.clone();
+        for _ in 0..3 {
+            hub.send_control(&conn, Bytes::from_static(b"event: x\ndata: {}\n\n"));
+        }
+        // A control frame is not in the log: it cannot be re-read, so dropping it is fatal.
+        assert!(conn.closed.is_cancelled());
+        assert_eq!(conn.delivery(), Delivery::Replaying);
+    }
 }

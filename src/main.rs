@@ -1,13 +1,16 @@
-//! The `sse-gateway` command: serve (default), certs, token, publish, demo.
+//! The `sse-gateway` command. The mode is decided here and only here: `serve` (production, from
+//! a file and/or the environment), `dev` (the default without `--config`) and `demo` (the dev
+//! setup), `config check`, and the tools `certs`, `token`, `publish`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use sse_gateway::app::Gateway;
+use sse_gateway::app::{ConfigSource, DemoState, Gateway};
 use sse_gateway::auth::jwt::{mint_hs256, Claims};
-use sse_gateway::config::{Config, Overrides};
+use sse_gateway::config::{self, BrokerKind, Config, JwtKey, Overrides};
 use sse_gateway::ingest::pb::PublishRequest;
 
 #[derive(Parser)]
@@ -15,22 +18,31 @@ use sse_gateway::ingest::pb::PublishRequest;
     name = "sse-gateway",
     version,
     about = "mTLS gRPC publishers in, one multiplexed SSE stream per browser out",
+    long_about = "mTLS gRPC publishers in, one multiplexed SSE stream per browser out.\n\n\
+                  Without a subcommand: the dev setup, or `serve` when --config is given.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    serve: ServeArgs,
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (the default).
-    Serve(ServeArgs),
-    /// Run the gateway in dev mode with simulated services and the demo page.
-    Demo(ServeArgs),
-    /// Generate a dev PKI: CA, server certificate, client certificates.
+    /// Run the production gateway, configured by --config and/or SSE_GATEWAY__* variables.
+    /// Never creates or changes a file; every required setting must be given.
+    Serve(RunArgs),
+    /// Run the dev setup: a dev PKI and secret under certs/ (only missing files are created),
+    /// the example publishers and the demo page. The default without --config.
+    Dev(RunArgs),
+    /// The dev setup with simulated services publishing to the demo page.
+    Demo(RunArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Generate a dev PKI: CA, server certificate, client certificates (missing files only).
     Certs(CertsArgs),
     /// Mint a dev JWT (HS256) for a subscriber.
     Token(TokenArgs),
@@ -38,9 +50,16 @@ enum Command {
     Publish(PublishArgs),
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate exactly as `serve` would (file, SSE_GATEWAY__* variables, flags, key files) and
+    /// print the effective configuration, secrets redacted. Exit 1 listing every error.
+    Check(RunArgs),
+}
+
 #[derive(Args, Clone, Default)]
-struct ServeArgs {
-    /// Configuration file (TOML). Without one, the gateway runs the dev setup.
+struct RunArgs {
+    /// Configuration file (TOML). Without a subcommand, it means `serve --config FILE`.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Overrides [http] addr.
@@ -49,6 +68,15 @@ struct ServeArgs {
     /// Overrides [grpc] addr.
     #[arg(long)]
     grpc_addr: Option<String>,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            http_addr: self.http_addr.clone(),
+            grpc_addr: self.grpc_addr.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -132,9 +160,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            None => serve(cli.serve, false).await,
-            Some(Command::Serve(args)) => serve(args, false).await,
-            Some(Command::Demo(args)) => serve(args, true).await,
+            None if cli.run.config.is_some() => serve(cli.run).await,
+            None => dev(cli.run, false).await,
+            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Dev(args)) => dev(args, false).await,
+            Some(Command::Demo(args)) => dev(args, true).await,
+            Some(Command::Config(ConfigCommand::Check(args))) => check(args),
             Some(Command::Certs(args)) => certs(args),
             Some(Command::Token(args)) => token(args),
             Some(Command::Publish(args)) => publish(args).await,
@@ -149,47 +180,166 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
-    let env = std::env::vars().filter(|(k, _)| k.starts_with(sse_gateway::config::ENV_PREFIX));
-    Ok(Config::load(path, env, overrides)?)
+/// The `SSE_GATEWAY__…` variables of this process.
+fn env_vars() -> anyhow::Result<Vec<(String, String)>> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with(config::ENV_PREFIX)) else {
+            continue;
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("{name} is not valid UTF-8"))?;
+        vars.push((name.to_owned(), value));
+    }
+    Ok(vars)
 }
 
-async fn serve(args: ServeArgs, demo: bool) -> anyhow::Result<()> {
-    let overrides = Overrides {
-        http_addr: args.http_addr,
-        grpc_addr: args.grpc_addr,
-    };
-    let config = load_config(args.config.as_deref(), &overrides)?;
-    let dev = config.dev;
-    let gateway = Gateway::start(config, demo).await?;
-    let http = gateway.http_addr;
-    let grpc = gateway.grpc_addr;
+/// The production configuration: file ⊕ environment ⊕ flags, validated.
+fn load_config(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+    Ok(Config::load(path, env_vars()?, overrides)?)
+}
+
+/// `serve`: production. Nothing is created, no demo page, no built-in publisher.
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    // A reload (SIGHUP) reads the same file, the environment as captured here, the same flags.
+    let (overrides, env, file) = (args.overrides(), env_vars()?, args.config);
+    let source: ConfigSource =
+        Arc::new(move || Ok(Config::load(file.as_deref(), env.clone(), &overrides)?));
+    let gateway = Gateway::start_reloadable(source()?, None, source).await?;
+    println!(
+        "listening: http={} grpc={}",
+        gateway.http_addr, gateway.grpc_addr
+    );
+    run_until_signal(gateway, None).await;
+    Ok(())
+}
+
+/// `dev` and `demo`: the sources completed by the dev setup.
+async fn dev(args: RunArgs, simulate: bool) -> anyhow::Result<()> {
+    let (overrides, env, file) = (args.overrides(), env_vars()?, args.config);
+    let layered = config::layer(file.as_deref(), env.clone(), &overrides);
+    let from_env = layered.origins.any_env();
+    let certs = Path::new(sse_gateway::dev::CERTS_DIR);
+    let setup = sse_gateway::dev::setup(layered, certs, simulate)?;
+    for file in &setup.created {
+        tracing::info!(file = %file.display(), "dev setup: created");
+    }
+    // The simulated services use the client certificates beside the CA (the dev PKI, or a
+    // folder made by `sse-gateway certs`).
+    let simulated = simulate.then(|| {
+        setup.pki.clone().unwrap_or_else(|| {
+            setup
+                .config
+                .grpc
+                .client_ca
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        })
+    });
+    let demo = setup.demo_secret.as_ref().map(|s| DemoState {
+        secret: Arc::from(s.expose()),
+    });
+    let has_demo = demo.is_some();
+    let memory = setup.config.broker.kind == BrokerKind::Memory;
+    // A reload (SIGHUP) completes the same sources the same way.
+    let source: ConfigSource = Arc::new(move || {
+        let layered = config::layer(file.as_deref(), env.clone(), &overrides);
+        Ok(sse_gateway::dev::setup(layered, certs, simulate)?.config)
+    });
+    let gateway = Gateway::start_reloadable(setup.config, demo, source).await?;
+    let (http, grpc) = (gateway.http_addr, gateway.grpc_addr);
     let scheme = if gateway.state.tls { "https" } else { "http" };
     println!("listening: http={http} grpc={grpc}");
-    if dev {
-        println!(
-            "sse-gateway dev setup (no config file): dev PKI and JWT secret in certs/, in-memory broker; demo page: {scheme}://{http}/demo/ (with simulated services: `cargo run --release -- demo`)"
-        );
+    let mut parts = Vec::new();
+    if setup.pki.is_some() {
+        parts.push("dev PKI in certs/".to_owned());
+    }
+    if has_demo {
+        parts.push("dev JWT secret in certs/dev-secret".to_owned());
+    }
+    if memory {
+        parts.push("in-memory broker".to_owned());
+    }
+    if has_demo {
+        parts.push(format!(
+            "demo page: {scheme}://{http}/demo/ (with simulated services: `cargo run --release -- demo`)"
+        ));
+    }
+    println!(
+        "sse-gateway dev setup (not for production: use `sse-gateway serve`): {}",
+        parts.join("; ")
+    );
+    if has_demo && setup.pki.is_some() {
         println!("  subscribe: curl -N -H \"Authorization: Bearer $(cargo run -q --release -- token --sub alice --channels 'logs:**')\" '{scheme}://{http}/api/sse?channels=logs:ws1:wf1'");
         println!("  publish:   cargo run -q --release -- publish --addr localhost:{} --channel logs:ws1:wf1 --data '{{\"msg\":\"hello\"}}'", grpc.port());
     }
+    if from_env {
+        println!("  note: SSE_GATEWAY__* variables apply to the dev setup too; production is `sse-gateway serve`");
+    }
     let stop = tokio_util::sync::CancellationToken::new();
-    if demo {
-        let certs = PathBuf::from(&gateway.state.config.raw.grpc.client_ca)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+    if let Some(certs) = simulated {
         tokio::spawn(sse_gateway::demo::simulate(
             format!("localhost:{}", grpc.port()),
             certs,
             stop.clone(),
         ));
     }
+    run_until_signal(gateway, Some(stop)).await;
+    Ok(())
+}
+
+/// Serves until SIGINT/SIGTERM, then drains; SIGHUP reloads certificates, keys and publishers.
+async fn run_until_signal(gateway: Gateway, stop: Option<tokio_util::sync::CancellationToken>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                let stop = shutdown_signal();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        () = &mut stop => break,
+                        Some(()) = hangup.recv() => {
+                            tracing::info!("SIGHUP: reloading certificates, keys and publishers");
+                            // A failure is logged and counted by the reload; the old material stays.
+                            let _ = gateway.reload();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload is unavailable");
+                shutdown_signal().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
     shutdown_signal().await;
     tracing::info!("shutting down: draining streams");
-    stop.cancel();
+    if let Some(stop) = stop {
+        stop.cancel();
+    }
     gateway.shutdown();
     gateway.wait().await;
+}
+
+/// `config check`: what `serve` would do up to binding its ports (Redis is not contacted).
+fn check(args: RunArgs) -> anyhow::Result<()> {
+    let (raw, config) =
+        config::load_effective(args.config.as_deref(), env_vars()?, &args.overrides())?;
+    if let Err(errors) = sse_gateway::app::load_material(&config) {
+        let list: Vec<String> = errors.iter().map(|e| format!("  - {e:#}")).collect();
+        anyhow::bail!(
+            "invalid configuration ({} problems):\n{}",
+            list.len(),
+            list.join("\n")
+        );
+    }
+    print!("{}", raw.to_toml()?);
+    eprintln!("configuration is valid: `sse-gateway serve` would start with it");
     Ok(())
 }
 
@@ -221,11 +371,14 @@ fn certs(args: CertsArgs) -> anyhow::Result<()> {
     } else {
         args.services.iter().map(String::as_str).collect()
     };
-    sse_gateway::pki::ensure_dev_pki(&args.out, &services)?;
-    sse_gateway::pki::ensure_dev_secret(&args.out)?;
+    let mut created = sse_gateway::pki::ensure_dev_pki(&args.out, &services)?;
+    if sse_gateway::pki::ensure_dev_secret(&args.out)?.1 {
+        created.push(args.out.join("dev-secret"));
+    }
     println!(
-        "dev PKI in {}: ca.pem, server.pem, {}",
+        "dev PKI in {} ({} files created, existing files kept): ca.pem, server.pem, {}",
         args.out.display(),
+        created.len(),
         services
             .iter()
             .map(|s| format!("{s}.pem"))
@@ -248,17 +401,16 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         (Some(s), _) => s.clone(),
         (None, Some(path)) => {
             let config = load_config(Some(path), &Overrides::default())?;
-            let jwt = &config.raw.jwt;
-            if jwt.algorithm != "HS256" {
-                anyhow::bail!("the token subcommand mints HS256 tokens; the config uses {}", jwt.algorithm);
-            }
-            if jwt.secret.is_empty() {
-                std::fs::read_to_string(&jwt.secret_file)
-                    .with_context(|| format!("reading jwt.secret_file {}", jwt.secret_file))?
+            match &config.jwt.key {
+                JwtKey::Secret(secret) => secret.expose().to_owned(),
+                JwtKey::SecretFile(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("reading jwt.secret_file {}", file.display()))?
                     .trim()
-                    .to_owned()
-            } else {
-                jwt.secret.clone()
+                    .to_owned(),
+                JwtKey::PublicKeyFile(_) | JwtKey::JwksFile(_) => anyhow::bail!(
+                    "the token subcommand mints HS256 tokens; the config uses {}",
+                    config.jwt.algorithm
+                ),
             }
         }
         (None, None) => std::fs::read_to_string("certs/dev-secret")
@@ -281,8 +433,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         Some(path) => {
             let config = load_config(Some(path), &Overrides::default())?;
             (
-                format!("localhost:{}", config.grpc_addr.port()),
-                PathBuf::from(&config.raw.grpc.client_ca),
+                format!("localhost:{}", config.grpc.addr.port()),
+                config.grpc.client_ca,
             )
         }
         None => ("localhost:50051".to_owned(), PathBuf::from("certs/ca.pem")),

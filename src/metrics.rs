@@ -32,6 +32,8 @@ pub struct Metrics {
     pub publish_to_write_seconds: Histogram,
     /// Failed broker operations.
     pub broker_errors: Counter,
+    /// Configuration reloads by result (`ok`, `error`).
+    pub config_reloads: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +87,12 @@ impl Metrics {
             "Failed broker operations",
             broker_errors.clone(),
         );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (certificates, keys, publishers) by result",
+            config_reloads.clone(),
+        );
         Self {
             registry,
             connections,
@@ -94,6 +102,7 @@ impl Metrics {
             slow_consumer_disconnects,
             publish_to_write_seconds,
             broker_errors,
+            config_reloads,
         }
     }
 
@@ -102,6 +111,13 @@ impl Metrics {
         self.events_published
             .get_or_create(&ResultLabel { result })
             .inc_by(n);
+    }
+
+    /// Counts one configuration reload.
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// The Prometheus text exposition.

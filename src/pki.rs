@@ -1,5 +1,6 @@
 //! The dev PKI: a CA, a server certificate for `localhost`/`127.0.0.1`, client certificates for
 //! named services, and a random HS256 secret — written to a folder (`certs/` by default).
+//! Only missing files are created; an existing file is never overwritten.
 
 use std::path::{Path, PathBuf};
 
@@ -30,45 +31,145 @@ pub enum PkiError {
     /// Certificate generation.
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A CA certificate without its key (or the reverse): nothing can be signed with it.
+    #[error(
+        "{} exists without {}: the dev setup cannot sign certificates with it; remove {}/ or \
+         point --config at your production config",
+        present.display(), missing.display(), dir.display()
+    )]
+    CaIncomplete {
+        /// The file that is there.
+        present: PathBuf,
+        /// The file that is not.
+        missing: PathBuf,
+        /// The PKI folder.
+        dir: PathBuf,
+    },
+    /// A certificate without its key (or the reverse); the dev setup never replaces a file.
+    #[error(
+        "{} exists without {}: the dev setup never replaces a file; remove {} (or restore {})",
+        present.display(), missing.display(), present.display(), missing.display()
+    )]
+    PairIncomplete {
+        /// The file that is there.
+        present: PathBuf,
+        /// The file that is not.
+        missing: PathBuf,
+    },
+    /// Certificates whose CA is gone: a new CA would not have signed them.
+    #[error(
+        "{} exists but the CA that signed it ({}) does not: remove {}/ to start a new dev PKI",
+        orphan.display(), ca.display(), dir.display()
+    )]
+    Orphan {
+        /// A certificate or key of the old PKI.
+        orphan: PathBuf,
+        /// The missing CA certificate.
+        ca: PathBuf,
+        /// The PKI folder.
+        dir: PathBuf,
+    },
+    /// A file that must hold something is empty.
+    #[error("{} is empty: remove it and the dev setup creates a new one", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
-fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io {
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
         path: path.to_owned(),
         source,
-    };
-    std::fs::write(path, contents).map_err(io)?;
+    }
+}
+
+/// Creates `path` with `contents`; fails if it exists (a file is never overwritten). Private
+/// files are created readable by the owner only.
+fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
     }
     #[cfg(not(unix))]
     let _ = private;
-    Ok(())
+    let mut file = options.open(path).map_err(io_error(path))?;
+    file.write_all(contents.as_bytes()).map_err(io_error(path))
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(io_error(path))
 }
 
-/// Creates `dir` with a CA (unless one exists), a server certificate and client certificates
-/// for `services` (existing files are kept). Returns whether anything was created.
+/// A certificate and its key: both there, neither, or (an error) one of them.
+#[derive(PartialEq)]
+enum Pair {
+    Present,
+    Absent,
+}
+
+fn pair(cert: &Path, key: &Path, ca: bool, dir: &Path) -> Result<Pair, PkiError> {
+    let incomplete = |present: &Path, missing: &Path| {
+        let (present, missing) = (present.to_owned(), missing.to_owned());
+        if ca {
+            PkiError::CaIncomplete {
+                present,
+                missing,
+                dir: dir.to_owned(),
+            }
+        } else {
+            PkiError::PairIncomplete { present, missing }
+        }
+    };
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(Pair::Present),
+        (false, false) => Ok(Pair::Absent),
+        (true, false) => Err(incomplete(cert, key)),
+        (false, true) => Err(incomplete(key, cert)),
+    }
+}
+
+/// Makes sure `dir` holds a dev PKI: a CA, a server certificate for `localhost`/`127.0.0.1`
+/// and client certificates for `services`. Creates only the files that are missing and never
+/// overwrites one; a half pair (a certificate without its key, or the reverse) or
+/// certificates without their CA is an error, found before anything is written. Returns the
+/// files created.
 ///
 /// # Errors
-/// [`PkiError`] on I/O or generation failure.
-pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<bool, PkiError> {
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut created = false;
+/// [`PkiError`] on an incomplete PKI, I/O or generation failure.
+pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<Vec<PathBuf>, PkiError> {
     let ca_path = dir.join("ca.pem");
     let ca_key_path = dir.join("ca-key.pem");
-    if !ca_path.exists() || !ca_key_path.exists() {
+    let leaf = |name: &str| {
+        (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        )
+    };
+    let leaves: Vec<(PathBuf, PathBuf)> = std::iter::once(leaf("server"))
+        .chain(services.iter().map(|s| leaf(s)))
+        .collect();
+    // Check everything first: a refused PKI is left exactly as it was.
+    let ca_state = pair(&ca_path, &ca_key_path, true, dir)?;
+    let mut missing = Vec::new();
+    for (cert, key) in &leaves {
+        if pair(cert, key, false, dir)? == Pair::Absent {
+            missing.push((cert, key));
+        } else if ca_state == Pair::Absent {
+            return Err(PkiError::Orphan {
+                orphan: cert.clone(),
+                ca: ca_path,
+                dir: dir.to_owned(),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let mut created = Vec::new();
+    if ca_state == Pair::Absent {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -77,65 +178,60 @@ pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<bool, PkiError> {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        write(&ca_path, &cert.pem(), false)?;
-        write(&ca_key_path, &key.serialize_pem(), true)?;
-        created = true;
+        write_new(&ca_key_path, &key.serialize_pem(), true)?;
+        write_new(&ca_path, &cert.pem(), false)?;
+        created.extend([ca_key_path.clone(), ca_path.clone()]);
+    }
+    if missing.is_empty() {
+        return Ok(created);
     }
     let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)?;
     let issuer = Issuer::from_ca_cert_pem(&read(&ca_path)?, ca_key)?;
-    let server = dir.join("server.pem");
-    if created || !server.exists() {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    for (cert_path, key_path) in missing {
+        let name = cert_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let params = if name == "server" {
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "localhost");
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            params
+        } else {
+            let mut params = CertificateParams::new(vec![name.clone()])?;
+            params.distinguished_name.push(DnType::CommonName, &name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            params
+        };
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
-        write(&server, &cert.pem(), false)?;
-        write(&dir.join("server-key.pem"), &key.serialize_pem(), true)?;
-        created = true;
-    }
-    for service in services {
-        let path = dir.join(format!("{service}.pem"));
-        if !created && path.exists() {
-            continue;
-        }
-        let mut params = CertificateParams::new(vec![(*service).to_owned()])?;
-        params.distinguished_name.push(DnType::CommonName, *service);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        write(&path, &cert.pem(), false)?;
-        write(
-            &dir.join(format!("{service}-key.pem")),
-            &key.serialize_pem(),
-            true,
-        )?;
-        created = true;
+        write_new(key_path, &key.serialize_pem(), true)?;
+        write_new(cert_path, &cert.pem(), false)?;
+        created.extend([key_path.clone(), cert_path.clone()]);
     }
     Ok(created)
 }
 
-/// Reads `dir/dev-secret`, creating it with 32 random bytes (hex) when absent.
+/// Reads `dir/dev-secret`, creating it with 32 random bytes (hex) when absent; an existing
+/// file is never rewritten. Returns the secret and whether the file was created.
 ///
 /// # Errors
-/// [`PkiError::Io`] on I/O failure.
-pub fn ensure_dev_secret(dir: &Path) -> Result<String, PkiError> {
+/// [`PkiError::Empty`] for an empty file, [`PkiError::Io`] on I/O failure.
+pub fn ensure_dev_secret(dir: &Path) -> Result<(String, bool), PkiError> {
     let path = dir.join("dev-secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let s = existing.trim().to_owned();
-        if !s.is_empty() {
-            return Ok(s);
+    if path.exists() {
+        let secret = read(&path)?.trim().to_owned();
+        if secret.is_empty() {
+            return Err(PkiError::Empty { path });
         }
+        return Ok((secret, false));
     }
     let bytes: [u8; 32] = rand::random();
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    write(&path, &secret, true)?;
-    Ok(secret)
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    write_new(&path, &secret, true)?;
+    Ok((secret, true))
 }

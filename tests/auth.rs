@@ -93,11 +93,32 @@ async fn bad_hs256_tokens_are_401() {
     assert!(msg.contains("expired"), "{msg}");
 
     let no_exp = gw.token_with(json!({"sub": "alice", "channels": ["metrics:*"]}));
-    // The message is not checked: a missing claim is reported as a malformed token.
-    assert_401(&gw, Some(&no_exp), "no exp").await;
+    let msg = assert_401(&gw, Some(&no_exp), "no exp").await;
+    assert!(msg.contains("no exp claim"), "{msg}");
 
     let no_sub = gw.token_with(json!({"exp": now_secs() + 600, "channels": ["metrics:*"]}));
-    assert_401(&gw, Some(&no_sub), "no sub").await;
+    let msg = assert_401(&gw, Some(&no_sub), "no sub").await;
+    assert!(msg.contains("no sub claim"), "{msg}");
+
+    for (claims, needle) in [
+        (json!({"sub": 42, "exp": now_secs() + 600}), "sub"),
+        (json!({"sub": "alice", "exp": "soon"}), "exp"),
+        (
+            json!({"sub": "alice", "exp": now_secs() + 600, "channels": "metrics:*"}),
+            "channels",
+        ),
+        (
+            json!({"sub": "alice", "exp": now_secs() + 600, "roles": [1]}),
+            "roles",
+        ),
+    ] {
+        let token = gw.token_with(claims.clone());
+        let msg = assert_401(&gw, Some(&token), &format!("{claims}")).await;
+        assert!(
+            msg.contains(needle) && !msg.contains("malformed"),
+            "{claims}: {msg}"
+        );
+    }
 
     let not_yet = gw.token_with(json!({
         "sub": "alice", "exp": now_secs() + 600, "nbf": now_secs() + 300, "channels": ["metrics:*"]
@@ -179,9 +200,9 @@ async fn es256_config_accepts_only_es256_tokens_of_its_key() {
     std::fs::write(&pem_path, &pem).unwrap();
     let path = pem_path.display().to_string();
     let gw = TestGateway::spawn(move |c| {
-        c.jwt.algorithm = "ES256".into();
-        c.jwt.secret = String::new();
-        c.jwt.public_key_file = path;
+        c.jwt.algorithm = sse_gateway::config::JwtAlgorithm::Es256;
+        c.jwt.secret = None;
+        c.jwt.public_key_file = Some(path.into());
     })
     .await;
 
@@ -234,9 +255,9 @@ async fn jwks_selects_the_key_by_kid() {
     .unwrap();
     let path = jwks_path.display().to_string();
     let gw = TestGateway::spawn(move |c| {
-        c.jwt.algorithm = "ES256".into();
-        c.jwt.secret = String::new();
-        c.jwt.jwks_file = path;
+        c.jwt.algorithm = sse_gateway::config::JwtAlgorithm::Es256;
+        c.jwt.secret = None;
+        c.jwt.jwks_file = Some(path.into());
     })
     .await;
     assert_200(&gw, &es256(&k1, Some("k1"), &claims("alice", 600)), "k1").await;
@@ -489,4 +510,42 @@ async fn sub_placeholder_grants_only_the_users_own_channel() {
     let empty = gw.token("", &["metrics:*"], &[], 600);
     let resp = gw.sse_response(PATH, Some(&empty), None).await;
     assert_eq!(resp.status(), 401, "an empty sub is not a user");
+}
+
+/// A token whose `exp` has passed by less than the leeway is refused the same way by every
+/// endpoint (a stream it opened would end with `expired` at once).
+#[tokio::test]
+async fn a_token_expired_within_the_leeway_is_refused_everywhere() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    let live = gw.token("alice", &["metrics:*"], &["admin"], 600);
+    let (_stream, ready) = gw.open(PATH, &live, None).await;
+    let just_expired = gw.token("alice", &["metrics:*"], &["admin"], -5);
+
+    let msg = assert_401(&gw, Some(&just_expired), "open").await;
+    assert!(msg.contains("token expired"), "{msg}");
+
+    let session = gw
+        .http
+        .post(gw.url("/api/sse/session"))
+        .bearer_auth(&just_expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), 401, "session");
+    assert!(error_body(session).await.contains("token expired"));
+
+    let change = gw
+        .http
+        .post(gw.url("/api/sse/subscriptions"))
+        .bearer_auth(&just_expired)
+        .json(&json!({"connection_id": ready.connection_id, "add": ["metrics:ws2"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(change.status(), 401, "subscriptions");
+    assert!(error_body(change).await.contains("token expired"));
+
+    let admin = gw.get("/admin/connections", Some(&just_expired)).await;
+    assert_eq!(admin.status(), 401, "admin");
+    assert!(error_body(admin).await.contains("token expired"));
 }

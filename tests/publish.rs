@@ -699,3 +699,201 @@ async fn publisher_rate_limit_is_resource_exhausted_and_per_publisher() {
         "nothing of the rejected batch was published"
     );
 }
+
+/// `depth` nested arrays around `1`.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_naming_the_limit() {
+    let gw = TestGateway::spawn(|_| {}).await;
+    let (mut stream, _) = alice_on(&gw, &["logs:ws1:wf1"]).await;
+    let mut client = gw.publisher("l5-etl-service").await;
+    // 65 levels; 100 (under serde_json's own recursion limit of 128); 30,000 levels in 60 KB.
+    let objects = format!("{}1{}", "{\"a\":".repeat(65), "}".repeat(65));
+    for data in [nested(65), objects, nested(100), nested(30_000)] {
+        let status = publish_err(&mut client, req_raw("logs:ws1:wf1", &data)).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status.message().contains("64") && status.message().contains("deep"),
+            "the message names the limit: {}",
+            status.message()
+        );
+    }
+    // In a batch, the event is named.
+    let events = vec![
+        req("logs:ws1:wf1", &json!(1)),
+        req_raw("logs:ws1:wf1", &nested(30_000)),
+    ];
+    let status = client
+        .publish_batch(PublishBatchRequest { events })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("events[1]"),
+        "{}",
+        status.message()
+    );
+    // 64 levels are accepted; brackets inside strings do not count.
+    for data in [nested(64), format!("[\"{}\"]", "[{".repeat(500))] {
+        let resp = publish(&mut client, req_raw("logs:ws1:wf1", &data)).await;
+        let env = stream.next_data(WAIT).await;
+        assert_eq!(env.id, resp.id);
+        assert_eq!(env.payload, serde_json::from_str::<Value>(&data).unwrap());
+    }
+    assert_marker_is_next(&gw, &mut stream, &mut client).await;
+}
+
+/// `PublishRequest` with `bytes` in place of its `string` fields, to send invalid UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawPublishRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    channel: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawPublishBatchRequest {
+    #[prost(message, repeated, tag = "1")]
+    events: Vec<RawPublishRequest>,
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_string_field_is_invalid_argument() {
+    use sse_gateway::ingest::pb::{PublishBatchResponse, PublishResponse};
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic_prost::ProstCodec;
+
+    let gw = TestGateway::spawn(|_| {}).await;
+    let (mut stream, _) = alice_on(&gw, &["logs:ws1:wf1"]).await;
+    let tls = gw.client_tls(Some((
+        &gw.pki_file("l5-etl-service.pem"),
+        &gw.pki_file("l5-etl-service-key.pem"),
+    )));
+    let channel = Channel::from_shared(gw.grpc_url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let raw = |channel: &[u8], data: &[u8]| RawPublishRequest {
+        channel: channel.to_vec(),
+        data: data.to_vec(),
+    };
+    let bad = [
+        raw(b"logs:ws1:\xff", b"{}"),
+        raw(b"logs:ws1:wf1", b"\"\xc3\x28\""),
+    ];
+    for msg in bad.clone() {
+        grpc.ready().await.unwrap();
+        let status = tokio::time::timeout(
+            WAIT,
+            grpc.unary(
+                tonic::Request::new(msg),
+                PathAndQuery::from_static("/ssegateway.v1.Publisher/Publish"),
+                ProstCodec::<RawPublishRequest, PublishResponse>::default(),
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(status.message().contains("UTF-8"), "{}", status.message());
+    }
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary(
+            tonic::Request::new(RawPublishBatchRequest {
+                events: vec![raw(b"logs:ws1:wf1", b"1"), bad[1].clone()],
+            }),
+            PathAndQuery::from_static("/ssegateway.v1.Publisher/PublishBatch"),
+            ProstCodec::<RawPublishBatchRequest, PublishBatchResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    grpc.ready().await.unwrap();
+    let mut responses = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter([
+                raw(b"logs:ws1:wf1", b"2"),
+                bad[0].clone(),
+            ])),
+            PathAndQuery::from_static("/ssegateway.v1.Publisher/PublishStream"),
+            ProstCodec::<RawPublishRequest, PublishResponse>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let first = responses.message().await.unwrap().expect("a response");
+    let status = responses.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    // The valid event before the bad one on the stream was published; nothing else was.
+    assert_eq!(stream.next_data(WAIT).await.id, first.id);
+    let mut client = gw.publisher("l5-etl-service").await;
+    assert_marker_is_next(&gw, &mut stream, &mut client).await;
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_rate_limit_is_admitted_and_paid_back() {
+    let gw = TestGateway::spawn(|c| c.limits.publisher_events_per_sec = 10).await;
+    let (mut stream, _) = alice_on(&gw, &["logs:ws1:wf1"]).await;
+    let mut l5 = gw.publisher("l5-etl-service").await;
+    let events: Vec<PublishRequest> = (0..25)
+        .map(|i| req("logs:ws1:wf1", &json!({"i": i})))
+        .collect();
+    // The bucket is full: the whole batch goes through at once...
+    let results = tokio::time::timeout(WAIT, l5.publish_batch(PublishBatchRequest { events }))
+        .await
+        .unwrap()
+        .unwrap_or_else(|s| panic!("a batch over the per-second limit: {s:?}"))
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 25);
+    for r in &results {
+        assert_eq!(stream.next_data(WAIT).await.id, r.id);
+    }
+    // ...and is paid back before the next event: 2.5 s of budget are owed.
+    let status = publish_err(&mut l5, req("logs:ws1:wf1", &json!("next"))).await;
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("rate"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_publish_stream_ends_on_shutdown_and_is_drained() {
+    let mut gw = TestGateway::spawn(|_| {}).await;
+    let state = std::sync::Arc::downgrade(&gw.gateway().state.config);
+    let mut client = gw.publisher("l5-etl-service").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(req("logs:ws1:wf1", &json!(1))).await.unwrap();
+    let first = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_some());
+    // The client keeps its side open; shutdown must still end the stream and wait for its task.
+    gw.shutdown(std::time::Duration::from_secs(30)).await;
+    assert!(
+        state.upgrade().is_none(),
+        "a publish task outlived the drain"
+    );
+    match tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+    {
+        Ok(None) => {}
+        Ok(Some(r)) => panic!("unexpected response {r:?}"),
+        Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+    }
+    drop(tx);
+}

@@ -1,9 +1,11 @@
-//! Several nodes sharing one ordered log in Redis Streams (SPEC §7), against the real Redis at
-//! 127.0.0.1:6379. Each test uses its own key prefix.
+//! Several nodes sharing one ordered log in Redis Streams, against the real Redis at
+//! 127.0.0.1:6379 (each test with its own key prefix), or — for faults — a private
+//! `redis-server` that a test may freeze (SIGSTOP) or cut off behind a proxy.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use serde_json::json;
 use sse_gateway::ingest::pb::PublishBatchRequest;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 const REDIS: &str = "127.0.0.1:6379";
 
@@ -29,12 +32,12 @@ async fn node(
 ) -> TestGateway {
     let (url, prefix, secret) = (url.to_owned(), prefix.to_owned(), secret.to_owned());
     TestGateway::spawn(move |raw| {
-        raw.broker.kind = "redis".into();
+        raw.broker.kind = sse_gateway::config::BrokerKind::Redis;
         raw.broker.url = url;
         raw.broker.key_prefix = prefix;
         raw.broker.timeout_ms = 500;
         if !secret.is_empty() {
-            raw.jwt.secret = secret;
+            raw.jwt.secret = Some(secret.into());
         }
         tweak(raw);
     })
@@ -184,21 +187,28 @@ async fn idempotency_keys_are_shared_by_all_nodes() {
     assert_eq!(again.id, first.id);
 }
 
-/// A TCP proxy to Redis that can be cut (existing connections dropped, new ones refused) and
+/// A TCP proxy to a Redis that can be cut (existing connections dropped, new ones refused) and
 /// restored, to simulate Redis going away for one node only.
 struct CutProxy {
     addr: std::net::SocketAddr,
     cut: Arc<AtomicBool>,
     conns: Arc<std::sync::Mutex<JoinSet<()>>>,
+    /// Connections accepted (and forwarded) so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CutProxy {
     async fn start() -> Self {
+        Self::to(REDIS.to_owned()).await
+    }
+
+    async fn to(target: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(std::sync::Mutex::new(JoinSet::new()));
-        let (c, set) = (cut.clone(), conns.clone());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, set, count) = (cut.clone(), conns.clone(), accepted.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -208,14 +218,21 @@ impl CutProxy {
                     drop(inbound);
                     continue;
                 }
+                count.fetch_add(1, Ordering::SeqCst);
+                let target = target.clone();
                 set.lock().unwrap().spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(REDIS).await {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
             }
         });
-        Self { addr, cut, conns }
+        Self {
+            addr,
+            cut,
+            conns,
+            accepted,
+        }
     }
 
     fn cut(&self) {
@@ -341,7 +358,7 @@ async fn a_lost_log_is_reported_as_gap() {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("{p}:log"))
+        .arg(format!("{{{p}}}:log"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -382,4 +399,554 @@ async fn events_past_max_age_are_reported_as_gap() {
             assert!(frame.is_message(), "{:?}", frame.raw);
         }
     }
+}
+
+/// A `redis-server` of this test alone, on an ephemeral port in a temporary directory, that can
+/// be paused (SIGSTOP) and resumed (SIGCONT). Killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        for _ in 0..5 {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken meanwhile: try another
+                }
+                let client = redis::Client::open(format!("redis://{addr}")).unwrap();
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    let pong: redis::RedisResult<String> =
+                        redis::cmd("PING").query_async(&mut c).await;
+                    if pong.is_ok() {
+                        return Self {
+                            child,
+                            addr,
+                            _dir: dir,
+                        };
+                    }
+                }
+                assert!(Instant::now() < deadline, "private redis-server answers");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("could not start a private redis-server");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Freezes the server: connections stay open, commands queue up unanswered.
+    fn stop(&self) {
+        self.signal("-STOP");
+    }
+
+    fn cont(&self) {
+        self.signal("-CONT");
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many script calls (`EVAL`, `EVALSHA`) Redis has run or rejected.
+async fn script_calls(redis: &PrivateRedis) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+        .flat_map(|l| l.split([':', ',']))
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == "calls" || *k == "rejected_calls")
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Every entry of every stream in a private Redis: (id, payload).
+async fn log_entries(redis: &PrivateRedis) -> Vec<(String, serde_json::Value)> {
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if kind != "stream" {
+            continue;
+        }
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for entry in reply.ids {
+            let payload: String = entry.get("p").unwrap();
+            out.push((entry.id.clone(), serde_json::from_str(&payload).unwrap()));
+        }
+    }
+    out
+}
+
+/// Waits until `/ready` answers `status`.
+async fn wait_ready(gw: &TestGateway, status: u16) {
+    let deadline = Instant::now() + WAIT;
+    while gw.get("/ready", None).await.status() != status {
+        assert!(Instant::now() < deadline, "/ready never answered {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Opens a stream and returns it with its `ready.cursor`.
+async fn open_with_cursor(
+    gw: &TestGateway,
+    path: &str,
+    token: &str,
+    last_event_id: Option<&str>,
+) -> (common::SseReader, Option<String>) {
+    let mut reader = gw.sse(path, Some(token), last_event_id).await;
+    let retry = reader.next_frame(WAIT).await;
+    assert!(retry.retry.is_some(), "{:?}", retry.raw);
+    let ready = reader.next_frame(WAIT).await;
+    assert_eq!(ready.event.as_deref(), Some("ready"), "{:?}", ready.raw);
+    let cursor = ready.json()["cursor"].as_str().map(str::to_owned);
+    (reader, cursor)
+}
+
+#[tokio::test]
+async fn a_publish_answered_unavailable_is_never_appended_later() {
+    let redis = PrivateRedis::start().await;
+    let a = node(&redis.url(), &prefix("late"), "", |raw| {
+        raw.broker.timeout_ms = 500;
+    })
+    .await;
+    let token = a.token("alice", &["logs:**"], &[], 600);
+    let mut pubr = a.publisher("l5-etl-service").await;
+    let before = publish(&mut pubr, req("logs:ws1", &json!({"n": "before"}))).await;
+    let calls = script_calls(&redis).await;
+
+    redis.stop();
+    let mut failing = JoinSet::new();
+    for n in 0..4 {
+        let mut client = pubr.clone();
+        failing.spawn(async move {
+            tokio::time::timeout(WAIT, client.publish(req("logs:ws1", &json!({"n": n})))).await
+        });
+    }
+    while let Some(answer) = failing.join_next().await {
+        let status = answer
+            .unwrap()
+            .expect("a publish answers while Redis is frozen")
+            .expect_err("a publish fails while Redis is frozen");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    redis.cont();
+    // Redis runs the scripts that queued up while it was frozen (it must refuse them).
+    let deadline = Instant::now() + WAIT;
+    while script_calls(&redis).await < calls + 4 {
+        assert!(Instant::now() < deadline, "the queued scripts ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let payloads: Vec<_> = log_entries(&redis).await.into_iter().map(|e| e.1).collect();
+    assert_eq!(
+        payloads,
+        vec![json!({"n": "before"})],
+        "the log holds none of the publishes answered UNAVAILABLE"
+    );
+    let after = publish(&mut pubr, req("logs:ws1", &json!({"n": "after"}))).await;
+    let (mut resumed, _) = a
+        .open("/api/sse?channels=logs:ws1", &token, Some(&before.id))
+        .await;
+    assert_eq!(resumed.next_data(WAIT).await.id, after.id);
+}
+
+/// Publishers `svc:x` and `svc` (both allowed on `logs:**`), with certificates of the test PKI.
+fn colon_publishers(raw: &mut sse_gateway::config::RawConfig) {
+    for name in ["svc:x", "svc"] {
+        let mut p = common::test_publishers()[0].clone();
+        p.name = name.to_owned();
+        raw.publishers.push(p);
+    }
+}
+
+async fn idempotency_keys_of_publishers_stay_apart(gw: &TestGateway) {
+    sse_gateway::pki::ensure_dev_pki(gw.pki.path(), &["svc:x", "svc"]).unwrap();
+    let mut colon = gw.publisher("svc:x").await;
+    let mut plain = gw.publisher("svc").await;
+    let mut first = req("logs:ws1", &json!({"from": "svc:x"}));
+    first.idempotency_key = "K".into();
+    let mut second = req("logs:ws1", &json!({"from": "svc"}));
+    second.idempotency_key = "x:K".into();
+    let first = publish(&mut colon, first).await;
+    let second = publish(&mut plain, second).await;
+    assert!(!first.duplicate);
+    assert!(
+        !second.duplicate,
+        "publisher svc's key x:K is not publisher svc:x's key K"
+    );
+    assert_ne!(first.id, second.id);
+}
+
+#[tokio::test]
+async fn idempotency_keys_of_different_publishers_never_collide_on_redis() {
+    let a = node(&redis_url(), &prefix("idem-apart"), "", colon_publishers).await;
+    idempotency_keys_of_publishers_stay_apart(&a).await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_of_different_publishers_never_collide_in_memory() {
+    let a = TestGateway::spawn(colon_publishers).await;
+    idempotency_keys_of_publishers_stay_apart(&a).await;
+}
+
+/// Redis Cluster's slot of a key (CRC16/XMODEM of the hash tag, or of the key, mod 16384).
+fn key_slot(key: &[u8]) -> u16 {
+    let mut tagged = key;
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                tagged = &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// One line of `MONITOR` output: whether a script issued it, and its arguments.
+fn parse_monitor_line(line: &str) -> Option<(bool, Vec<Vec<u8>>)> {
+    let rest = line.strip_prefix('+')?;
+    let open = rest.find('[')?;
+    let close = rest[open..].find(']')? + open;
+    let from_script = rest[open..close].ends_with(" lua");
+    let mut args = Vec::new();
+    let mut chars = rest[close + 1..].bytes().peekable();
+    while let Some(b) = chars.next() {
+        if b != b'"' {
+            continue;
+        }
+        let mut arg = Vec::new();
+        while let Some(c) = chars.next() {
+            match c {
+                b'"' => break,
+                b'\\' => match chars.next()? {
+                    b'n' => arg.push(b'\n'),
+                    b'r' => arg.push(b'\r'),
+                    b't' => arg.push(b'\t'),
+                    b'a' => arg.push(7),
+                    b'b' => arg.push(8),
+                    b'x' => {
+                        let hex = [chars.next()?, chars.next()?];
+                        arg.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+                    }
+                    other => arg.push(other),
+                },
+                other => arg.push(other),
+            }
+        }
+        args.push(arg);
+    }
+    Some((from_script, args))
+}
+
+#[test]
+fn key_slots_match_redis_cluster() {
+    // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+    assert_eq!(key_slot(b"123456789"), 0x31C3);
+    assert_eq!(key_slot(b"somekey"), 11058);
+    assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
+    assert_eq!(key_slot(b"{hash_tag}bar"), 2515);
+}
+
+#[tokio::test]
+async fn the_append_script_declares_every_key_it_touches_in_one_slot() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let redis = PrivateRedis::start().await;
+    let stream = tokio::net::TcpStream::connect(redis.addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write.write_all(b"MONITOR\r\n").await.unwrap();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+
+    let a = node(&redis.url(), &prefix("keys"), "", |_| {}).await;
+    let mut pubr = a.publisher("l5-etl-service").await;
+    let mut keyed = req("logs:ws1", &json!({"n": 1}));
+    keyed.idempotency_key = "k1".into();
+    publish(&mut pubr, keyed.clone()).await;
+    assert!(publish(&mut pubr, keyed.clone()).await.duplicate);
+    let mut other = keyed.clone();
+    other.idempotency_key = "k2".into();
+    pubr.publish_batch(PublishBatchRequest {
+        events: vec![keyed, req("logs:ws1", &json!({"n": 3})), other],
+    })
+    .await
+    .unwrap();
+
+    // Redis feeds MONITOR a script's own commands first, then the call that ran it.
+    let mut conn = redis.conn().await;
+    let mut touched: Vec<Vec<u8>> = Vec::new();
+    let mut scripts = 0;
+    let deadline = Instant::now() + WAIT;
+    while scripts < 3 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("three script runs seen before the deadline")
+            .unwrap()
+            .unwrap();
+        let Some((from_script, args)) = parse_monitor_line(&line) else {
+            continue;
+        };
+        if from_script {
+            let keys: Vec<Vec<u8>> = redis::cmd("COMMAND")
+                .arg("GETKEYS")
+                .arg(&args)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            touched.extend(keys);
+            continue;
+        }
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+        if name != "evalsha" && name != "eval" {
+            continue;
+        }
+        let numkeys: usize = String::from_utf8_lossy(&args[2]).parse().unwrap();
+        let declared = &args[3..3 + numkeys];
+        if touched.is_empty() {
+            continue; // an EVALSHA answered NOSCRIPT, followed by the EVAL
+        }
+        for key in touched.drain(..) {
+            assert!(
+                declared.contains(&key),
+                "the script touched {:?}, not among its KEYS {:?}",
+                String::from_utf8_lossy(&key),
+                declared
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k))
+                    .collect::<Vec<_>>()
+            );
+        }
+        let slots: HashSet<u16> = declared.iter().map(|k| key_slot(k)).collect();
+        assert_eq!(
+            slots.len(),
+            1,
+            "all keys of one log in one cluster slot: {line}"
+        );
+        // The appends that carry idempotency keys (other scripts are checked on the way).
+        if numkeys > 1 {
+            scripts += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_opened_during_an_outage_gets_a_cursor_that_resumes_without_loss() {
+    let p = prefix("outage-cursor");
+    let proxy = CutProxy::start().await;
+    let a = node(&format!("redis://{}", proxy.addr), &p, "", |_| {}).await;
+    let b = node(&redis_url(), &p, &a.secret, |_| {}).await;
+    let token = a.token("alice", &["logs:**"], &[], 600);
+    let mut pub_a = a.publisher("l5-etl-service").await;
+    let mut pub_b = b.publisher("l5-etl-service").await;
+    let (mut before, _) = a.open("/api/sse?channels=logs:ws1", &token, None).await;
+    let seen = publish(&mut pub_a, req("logs:ws1", &json!({"n": 0}))).await;
+    assert_eq!(before.next_data(WAIT).await.id, seen.id);
+
+    proxy.cut();
+    wait_ready(&a, 503).await;
+    let (mut during, cursor) =
+        open_with_cursor(&a, "/api/sse?channels=logs:ws1", &token, None).await;
+    let cursor = cursor.expect("ready.cursor is set while Redis is unreachable");
+    let missed = publish(&mut pub_b, req("logs:ws1", &json!({"n": 1}))).await;
+    proxy.restore();
+    wait_ready(&a, 200).await;
+    let next = publish(&mut pub_a, req("logs:ws1", &json!({"n": 2}))).await;
+
+    // The stream opened during the outage carries both.
+    assert_eq!(during.next_data(WAIT).await.id, missed.id);
+    assert_eq!(during.next_data(WAIT).await.id, next.id);
+    // A client that received nothing resumes from the cursor (on any node) without loss.
+    let (mut resumed, _) = b
+        .open("/api/sse?channels=logs:ws1", &token, Some(&cursor))
+        .await;
+    assert_eq!(resumed.next_data(WAIT).await.id, missed.id);
+    assert_eq!(resumed.next_data(WAIT).await.id, next.id);
+}
+
+/// Reads `stream` until the last of `ids`: each event must follow the one before it in `ids`,
+/// or come after a `gap`.
+async fn expect_all_or_gap(stream: &mut common::SseReader, ids: &[String]) -> bool {
+    let mut expected = 0;
+    let mut gap = false;
+    let mut any_gap = false;
+    while expected < ids.len() {
+        let frame = stream.next_event(WAIT).await;
+        if frame.event.as_deref() == Some("gap") {
+            gap = true;
+            any_gap = true;
+            continue;
+        }
+        let id = frame.envelope().id;
+        let at = ids
+            .iter()
+            .position(|i| *i == id)
+            .unwrap_or_else(|| panic!("unexpected event {id}"));
+        assert!(
+            at == expected || (gap && at > expected),
+            "event {at} arrived after {expected} without gap"
+        );
+        gap = false;
+        expected = at + 1;
+    }
+    any_gap
+}
+
+#[tokio::test]
+async fn a_stream_opened_before_redis_was_ever_reached_resumes_or_gets_gap() {
+    let p = prefix("cold-outage");
+    let proxy = CutProxy::start().await;
+    proxy.cut();
+    let a = node(&format!("redis://{}", proxy.addr), &p, "", |_| {}).await;
+    let b = node(&redis_url(), &p, &a.secret, |_| {}).await;
+    let token = a.token("alice", &["logs:**"], &[], 600);
+    let mut pub_b = b.publisher("l5-etl-service").await;
+    let (mut during, cursor) =
+        open_with_cursor(&a, "/api/sse?channels=logs:ws1", &token, None).await;
+    let cursor = cursor.expect("ready.cursor is set while Redis is unreachable");
+    let missed = publish(&mut pub_b, req("logs:ws1", &json!({"n": 1}))).await;
+    proxy.restore();
+    wait_ready(&a, 200).await;
+    let mut pub_a = a.publisher("l5-etl-service").await;
+    let next = publish(&mut pub_a, req("logs:ws1", &json!({"n": 2}))).await;
+    let ids = [missed.id, next.id];
+    expect_all_or_gap(&mut during, &ids).await;
+    let (mut resumed, _) = b
+        .open("/api/sse?channels=logs:ws1", &token, Some(&cursor))
+        .await;
+    expect_all_or_gap(&mut resumed, &ids).await;
+}
+
+#[tokio::test]
+async fn a_tail_that_falls_behind_trimming_sends_gap() {
+    let a = node(&redis_url(), &prefix("tail-trim"), "", |raw| {
+        raw.history.max_events = 10;
+    })
+    .await;
+    let token = a.token("alice", &["logs:**"], &[], 600);
+    let (mut stream, _) = a.open("/api/sse?channels=logs:ws1", &token, None).await;
+    let mut pubr = a.publisher("l5-etl-service").await;
+    // One batch is appended (and trimmed to 10) before the tail can read any of it.
+    let events = (0..50).map(|n| req("logs:ws1", &json!({"n": n}))).collect();
+    let ids: Vec<String> = pubr
+        .publish_batch(PublishBatchRequest { events })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(
+        expect_all_or_gap(&mut stream, &ids).await,
+        "40 events were trimmed before the tail read them"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_redis_tail() {
+    let redis = PrivateRedis::start().await;
+    let proxy = CutProxy::to(redis.addr.to_string()).await;
+    let mut a = node(
+        &format!("redis://{}", proxy.addr),
+        &prefix("drain"),
+        "",
+        |raw| {
+            raw.broker.timeout_ms = 1000;
+        },
+    )
+    .await;
+    let sse_gateway::broker::Broker::Redis(log) = &a.gateway().state.broker else {
+        panic!("a Redis broker");
+    };
+    let log = Arc::downgrade(log);
+    // The tail is reading: a stream gets an event.
+    let token = a.token("alice", &["logs:**"], &[], 600);
+    let (mut stream, _) = a.open("/api/sse?channels=logs:ws1", &token, None).await;
+    let mut pubr = a.publisher("l5-etl-service").await;
+    let sent = publish(&mut pubr, req("logs:ws1", &json!({"n": 1}))).await;
+    assert_eq!(stream.next_data(WAIT).await.id, sent.id);
+    drop((stream, pubr));
+    let connections = proxy.accepted.load(Ordering::SeqCst);
+    redis.stop();
+    // The tail's read times out; wait until it is connecting again (to the frozen Redis).
+    let deadline = Instant::now() + WAIT;
+    while proxy.accepted.load(Ordering::SeqCst) == connections {
+        assert!(Instant::now() < deadline, "the tail reconnects");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.shutdown(WAIT).await;
+    assert!(
+        log.upgrade().is_none(),
+        "every task using the Redis log ended before the gateway's wait() returned"
+    );
+    redis.cont();
 }

@@ -19,7 +19,7 @@ async fn sigterm_flushes_and_closes_streams_cleanly() {
     sse_gateway::app::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     sse_gateway::pki::ensure_dev_pki(dir.path(), &["l5-etl-service"]).unwrap();
-    let secret = "signal-test-secret";
+    let secret = "signal-test-secret-at-least-32-bytes";
     std::fs::write(
         dir.path().join("gw.toml"),
         format!(

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 #[tokio::test]
@@ -345,8 +345,8 @@ async fn https_listener_negotiates_h2_and_sets_secure_cookies() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let gw = TestGateway::spawn(|c| {
-        c.http.tls_cert = "server.pem".into();
-        c.http.tls_key = "server-key.pem".into();
+        c.http.tls_cert = Some("server.pem".into());
+        c.http.tls_key = Some("server-key.pem".into());
     })
     .await;
     let mut roots = rustls::RootCertStore::empty();
@@ -435,5 +435,74 @@ async fn empty_or_padded_channel_names_are_refused_not_normalised() {
             .sse_response(&format!("/api/sse?{query}"), Some(&token), None)
             .await;
         assert_eq!(resp.status(), 400, "{query}");
+    }
+}
+
+/// Concurrent `add`s to one connection never take it over `limits.max_channels_per_connection`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_subscription_adds_respect_the_channel_limit() {
+    const LIMIT: usize = 8;
+    const REQUESTS: usize = 48;
+    let gw = TestGateway::spawn(|c| c.limits.max_channels_per_connection = LIMIT).await;
+    let token = gw.token("alice", &["metrics:*"], &[], 600);
+    // Removing channels the connection does not hold is a no-op, but makes each request's
+    // work (and so any window between checking the room and adding) longer.
+    let remove: Vec<String> = (0..250).map(|i| format!("metrics:absent{i}")).collect();
+    for round in 0..10 {
+        let (mut stream, ready) = gw
+            .open("/api/sse?channels=metrics:base", &token, None)
+            .await;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..REQUESTS {
+            let http = gw.http.clone();
+            let url = gw.url("/api/sse/subscriptions");
+            let body = json!({
+                "connection_id": ready.connection_id,
+                "add": [format!("metrics:r{round}c{i}")],
+                "remove": remove,
+            });
+            let (token, barrier) = (token.clone(), barrier.clone());
+            tasks.spawn(async move {
+                barrier.wait().await;
+                let resp = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.json::<Value>().await.unwrap()
+            });
+        }
+        let mut accepted = 0;
+        let mut longest = 0;
+        while let Some(outcome) = tokio::time::timeout(WAIT, tasks.join_next()).await.unwrap() {
+            let outcome = outcome.unwrap();
+            let channels = outcome["channels"].as_array().unwrap().len();
+            longest = longest.max(channels);
+            if outcome["denied"].as_array().unwrap().is_empty() {
+                accepted += 1;
+            } else {
+                let reason = outcome["denied"][0]["reason"].as_str().unwrap();
+                assert!(reason.contains(&LIMIT.to_string()), "{reason}");
+            }
+        }
+        assert!(
+            longest <= LIMIT,
+            "round {round}: a connection held {longest} channels"
+        );
+        assert_eq!(accepted, LIMIT - 1, "round {round}: adds accepted");
+        // The stream agrees: no `subscriptions` event lists more than the limit.
+        let mut most = 0;
+        for _ in 0..REQUESTS {
+            let list = stream.next_control("subscriptions", WAIT).await["channels"]
+                .as_array()
+                .unwrap()
+                .len();
+            most = most.max(list);
+        }
+        assert_eq!(most, LIMIT, "round {round}");
     }
 }

@@ -54,8 +54,8 @@ test -f dist/index.d.ts && test -f dist/react/index.d.ts
 node --input-type=module -e "
   const core = await import('@sse-gateway/client');
   const react = await import('@sse-gateway/client/react');
-  for (const n of ['SSEClient', 'getSharedClient']) if (typeof core[n] !== 'function') throw new Error('core export missing: ' + n);
-  for (const n of ['SSEProvider', 'useSSE', 'useSSESubscription', 'withSSE']) if (typeof react[n] !== 'function') throw new Error('react export missing: ' + n);
+  for (const n of ['SSEClient', 'getSharedClient', 'latest']) if (typeof core[n] !== 'function') throw new Error('core export missing: ' + n);
+  for (const n of ['SSEProvider', 'useSSE', 'useSSESubscription', 'useSSELatest', 'withSSE']) if (typeof react[n] !== 'function') throw new Error('react export missing: ' + n);
   if (core.SSEClient !== react.SSEClient) throw new Error('the two entry points load two copies of the core');
   console.log('package entry points ok');
 "

@@ -15,6 +15,9 @@ export type { Audience as AudienceMessage, Audience__Output } from './generated/
 /** A gRPC status name: 'OK', 'INVALID_ARGUMENT', 'PERMISSION_DENIED', 'UNAVAILABLE', ... */
 export type StatusName = keyof typeof grpc.status;
 
+/** A result's code: a gRPC status name, or 'DISABLED' for every call of a disabled publisher. */
+export type ResultCode = StatusName | 'DISABLED';
+
 /** A file path, or PEM contents (a Buffer, or a string starting with `-----BEGIN`). */
 export type PemSource = string | Buffer | Uint8Array;
 
@@ -44,6 +47,10 @@ export interface PublisherOptions {
   jsonStringify?: (value: unknown) => string;
   /** Extra grpc-js channel options. */
   channelOptions?: grpc.ChannelOptions;
+  /** The on/off switch. Default $SSE_GATEWAY_ENABLED (false/0/no/off, true/1/yes/on), else on.
+   * Off: a no-op that needs no certificate, dials nothing, and resolves every call to
+   * `{ ok: false, code: 'DISABLED' }` (logged once, never rejected, even when strict). */
+  enabled?: boolean | string;
 }
 
 /** Per-event targeting: only these users, or holders of these roles (an empty list does not restrict). */
@@ -86,8 +93,8 @@ export interface PublishResult {
   delivered: number;
   /** True when the idempotency key was seen before (`id` is then the original event's). */
   duplicate: boolean;
-  /** 'OK', or the gRPC status name of the failure. */
-  code: StatusName;
+  /** 'OK', the gRPC status name of the failure, or 'DISABLED'. */
+  code: ResultCode;
   message: string;
 }
 
@@ -96,7 +103,7 @@ export interface BatchResult {
   ok: boolean;
   /** One per event, in order; empty when not ok. */
   results: PublishResult[];
-  code: StatusName;
+  code: ResultCode;
   message: string;
 }
 
@@ -105,7 +112,9 @@ export declare class Publisher {
   readonly addr: string;
   readonly timeoutMs: number;
   readonly strict: boolean;
-  /** The generated client, e.g. for the PublishStream RPC. */
+  /** False when the publisher is switched off (`enabled: false` or $SSE_GATEWAY_ENABLED=false). */
+  readonly enabled: boolean;
+  /** The generated client, e.g. for the PublishStream RPC. Throws a ConfigError when disabled. */
   readonly client: PublisherClient;
   /** Publishes `data` (any JSON-serialisable value) on `channel`. */
   publish(channel: string, data: unknown, options?: PublishOptions): Promise<PublishResult>;
@@ -145,6 +154,8 @@ export declare function loadGrpcPackage(): ProtoGrpcType;
 
 export declare const DEFAULT_ADDR: string;
 export declare const DEFAULT_TIMEOUT_MS: number;
+/** The `code` of every result of a disabled publisher. */
+export declare const DISABLED: 'DISABLED';
 export declare const LOADER_OPTIONS: Readonly<import('@grpc/proto-loader').Options>;
 export declare const PROTO_ROOT: string;
 export declare const PROTO_FILE: string;

@@ -5,6 +5,8 @@
 // One mTLS channel per Publisher, reused by every call; a deadline on every call (default 5 s).
 // A failed publish resolves to a result with `ok: false` (and is logged), so publishing never
 // breaks the caller's own work - unless `strict: true`, then the promise rejects with a PublishError.
+// SSE_GATEWAY_ENABLED=false (or `enabled: false`) makes a Publisher a no-op: no certificate needed,
+// nothing dialled, each call resolves to `ok: false` with code DISABLED (logged once).
 
 const fs = require('node:fs');
 const path = require('node:path');
@@ -14,6 +16,10 @@ const protoLoader = require('@grpc/proto-loader');
 const VERSION = require('./package.json').version;
 const DEFAULT_ADDR = 'localhost:50051';
 const DEFAULT_TIMEOUT_MS = 5000;
+/** The `code` of every result of a disabled publisher. */
+const DISABLED = 'DISABLED';
+const FALSE_WORDS = new Set(['false', '0', 'no', 'off']);
+const TRUE_WORDS = new Set(['true', '1', 'yes', 'on']);
 
 const PROTO_ROOT = path.join(__dirname, 'proto');
 const PROTO_FILE = 'ssegateway/v1/gateway.proto';
@@ -82,6 +88,27 @@ function readPem(value, what, env) {
   }
 }
 
+/**
+ * The on/off switch: the `enabled` option, else $SSE_GATEWAY_ENABLED, else on. Strings are read
+ * case-insensitively (false/0/no/off, true/1/yes/on; empty means unset); anything else is a
+ * ConfigError, so that a typo never silently flips the switch.
+ */
+function isEnabled(option, env) {
+  if (typeof option === 'boolean') return option;
+  let value = option;
+  let where = 'enabled';
+  if (value === undefined || value === null) {
+    value = env.SSE_GATEWAY_ENABLED;
+    where = '$SSE_GATEWAY_ENABLED';
+    if (value === undefined) return true;
+  }
+  if (typeof value !== 'string') throw new ConfigError(`${where} must be a boolean, not ${typeof value}`);
+  const text = value.trim().toLowerCase();
+  if (text === '' || TRUE_WORDS.has(text)) return true;
+  if (FALSE_WORDS.has(text)) return false;
+  throw new ConfigError(`${where}='${value}': use true or false (also 1/0, yes/no, on/off)`);
+}
+
 function segment(value, what) {
   const text = String(value);
   if (!SEGMENT.test(text)) {
@@ -135,6 +162,18 @@ class Publisher {
     if (/^[a-z]+:\/\//i.test(this.addr)) {
       throw new ConfigError(`addr '${this.addr}': give host:port, without a scheme`);
     }
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!(typeof timeoutMs === 'number' && timeoutMs > 0)) {
+      throw new ConfigError('timeoutMs must be a positive number of milliseconds');
+    }
+    this.timeoutMs = timeoutMs;
+    this.strict = Boolean(options.strict);
+    this.logger = options.logger === undefined ? defaultLogger : options.logger;
+    this.enabled = isEnabled(options.enabled, env);
+    this._closed = false;
+    this._client = null;
+    this._disabledLogged = false;
+    if (!this.enabled) return; // a no-op: no certificate is needed or read, no client is made
     const ca = options.ca ?? env.SSE_GATEWAY_CA;
     const cert = options.cert ?? env.SSE_GATEWAY_CERT;
     const key = options.key ?? env.SSE_GATEWAY_KEY;
@@ -144,13 +183,6 @@ class Publisher {
           'or set $SSE_GATEWAY_CERT and $SSE_GATEWAY_KEY',
       );
     }
-    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    if (!(typeof timeoutMs === 'number' && timeoutMs > 0)) {
-      throw new ConfigError('timeoutMs must be a positive number of milliseconds');
-    }
-    this.timeoutMs = timeoutMs;
-    this.strict = Boolean(options.strict);
-    this.logger = options.logger === undefined ? defaultLogger : options.logger;
     this._stringify = options.jsonStringify || JSON.stringify;
 
     let credentials;
@@ -172,9 +204,13 @@ class Publisher {
     }
     Object.assign(channelOptions, options.channelOptions || {});
     const { Publisher: PublisherClient } = loadGrpcPackage().ssegateway.v1;
-    /** The generated client (typed PublisherClient), e.g. for PublishStream. */
-    this.client = new PublisherClient(this.addr, credentials, channelOptions);
-    this._closed = false;
+    this._client = new PublisherClient(this.addr, credentials, channelOptions);
+  }
+
+  /** The generated client (typed PublisherClient), e.g. for PublishStream. A disabled publisher has none. */
+  get client() {
+    if (!this._client) throw new ConfigError(`${disabledMessage(this.addr)}: it has no gRPC client`);
+    return this._client;
   }
 
   /**
@@ -182,6 +218,7 @@ class Publisher {
    * @returns {Promise<import('./index').PublishResult>}
    */
   async publish(channel, data, options = {}) {
+    if (!this.enabled) return this._disabled(typeof channel === 'string' ? channel : '');
     const strict = options.strict ?? this.strict;
     try {
       const req = this._request(channel, data, options);
@@ -197,6 +234,10 @@ class Publisher {
    * @returns {Promise<import('./index').BatchResult>}
    */
   async publishBatch(events, options = {}) {
+    if (!this.enabled) {
+      this._logDisabledOnce();
+      return { ok: false, results: [], code: DISABLED, message: disabledMessage(this.addr) };
+    }
     const strict = options.strict ?? this.strict;
     let n;
     try {
@@ -240,6 +281,7 @@ class Publisher {
       const ws = segment(workspaceId, 'workspaceId');
       channel = workflowId === undefined || workflowId === null ? `logs:${ws}` : `logs:${ws}:${segment(workflowId, 'workflowId')}`;
     } catch (err) {
+      if (!this.enabled) return this._disabled('');
       return this._failed(err, '', options.strict ?? this.strict);
     }
     return this.publish(channel, data, { event: 'log', ...options });
@@ -251,6 +293,7 @@ class Publisher {
     try {
       channel = `metrics:${segment(workspaceId, 'workspaceId')}`;
     } catch (err) {
+      if (!this.enabled) return this._disabled('');
       return this._failed(err, '', options.strict ?? this.strict);
     }
     return this.publish(channel, data, { event: 'metric', ...options });
@@ -260,8 +303,20 @@ class Publisher {
   async close() {
     if (!this._closed) {
       this._closed = true;
-      this.client.close();
+      if (this._client) this._client.close();
     }
+  }
+
+  // The result of every call of a disabled publisher (never rejected, even when strict).
+  _disabled(channel) {
+    this._logDisabledOnce();
+    return { ok: false, channel, id: '', delivered: 0, duplicate: false, code: DISABLED, message: disabledMessage(this.addr) };
+  }
+
+  _logDisabledOnce() {
+    if (this._disabledLogged) return;
+    this._disabledLogged = true;
+    this._warn(`${disabledMessage(this.addr)}; every publish resolves to ok: false with code ${DISABLED}`);
   }
 
   _request(channel, data, options) {
@@ -292,7 +347,7 @@ class Publisher {
     }
     const deadline = new Date(Date.now() + (timeoutMs ?? this.timeoutMs));
     return new Promise((resolve, reject) => {
-      this.client[method](req, { deadline }, (err, res) => (err ? reject(fromServiceError(err)) : resolve(res)));
+      this._client[method](req, { deadline }, (err, res) => (err ? reject(fromServiceError(err)) : resolve(res)));
     });
   }
 
@@ -314,6 +369,10 @@ class Publisher {
   }
 }
 
+function disabledMessage(addr) {
+  return `publishing is disabled (enabled: false or $SSE_GATEWAY_ENABLED=false): nothing is sent to ${addr}`;
+}
+
 function okResult(channel, res) {
   return { ok: true, channel, id: res.id, delivered: res.delivered, duplicate: res.duplicate, code: 'OK', message: '' };
 }
@@ -325,6 +384,7 @@ module.exports = {
   loadGrpcPackage,
   DEFAULT_ADDR,
   DEFAULT_TIMEOUT_MS,
+  DISABLED,
   LOADER_OPTIONS,
   PROTO_ROOT,
   PROTO_FILE,

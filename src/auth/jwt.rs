@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{ChannelName, ChannelPattern};
-use crate::config::JwtConfig;
+use crate::config::{JwtAlgorithm, JwtKey, JwtSettings};
 use crate::error::GatewayError;
 
 /// The claims the gateway reads.
@@ -73,91 +73,90 @@ pub struct JwtVerifier {
 pub struct KeyError(String);
 
 impl JwtVerifier {
-    /// Builds a verifier from config; `dev_secret` is used for HS256 when none is configured.
+    /// Builds a verifier from the validated settings, reading key files now (so building it
+    /// again picks up new files).
     ///
     /// # Errors
     /// [`KeyError`] when a key file cannot be read or parsed.
-    pub fn from_config(cfg: &JwtConfig, dev_secret: Option<&str>) -> Result<Self, KeyError> {
-        let read = |p: &str| {
-            std::fs::read(Path::new(p)).map_err(|e| KeyError(format!("cannot read {p}: {e}")))
+    pub fn from_config(cfg: &JwtSettings) -> Result<Self, KeyError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| KeyError(format!("cannot read {}: {e}", p.display())))
         };
-        let (algorithm, keys) = match cfg.algorithm.as_str() {
-            "HS256" => {
-                let secret = if !cfg.secret.is_empty() {
-                    cfg.secret.clone().into_bytes()
-                } else if !cfg.secret_file.is_empty() {
-                    let mut s = read(&cfg.secret_file)?;
-                    while s.last().is_some_and(u8::is_ascii_whitespace) {
-                        s.pop();
-                    }
-                    s
-                } else if let Some(dev) = dev_secret {
-                    dev.as_bytes().to_vec()
-                } else {
-                    return Err(KeyError("HS256 needs jwt.secret or jwt.secret_file".into()));
-                };
-                if secret.is_empty() {
-                    return Err(KeyError("the HS256 secret is empty".into()));
+        let shown = |p: &Path, e: &dyn std::fmt::Display| KeyError(format!("{}: {e}", p.display()));
+        let algorithm = match cfg.algorithm {
+            JwtAlgorithm::Hs256 => Algorithm::HS256,
+            JwtAlgorithm::Rs256 => Algorithm::RS256,
+            JwtAlgorithm::Es256 => Algorithm::ES256,
+        };
+        let keys = match (&cfg.key, algorithm) {
+            (JwtKey::Secret(secret), Algorithm::HS256) => {
+                Keys::Single(DecodingKey::from_secret(secret.expose().as_bytes()))
+            }
+            (JwtKey::SecretFile(path), Algorithm::HS256) => {
+                let mut s = read(path)?;
+                while s.last().is_some_and(u8::is_ascii_whitespace) {
+                    s.pop();
                 }
-                (
-                    Algorithm::HS256,
-                    Keys::Single(DecodingKey::from_secret(&secret)),
-                )
+                if s.is_empty() {
+                    return Err(KeyError(format!(
+                        "{}: the HS256 secret is empty",
+                        path.display()
+                    )));
+                }
+                Keys::Single(DecodingKey::from_secret(&s))
             }
-            alg @ ("RS256" | "ES256") => {
-                let algorithm = if alg == "RS256" {
-                    Algorithm::RS256
+            (JwtKey::PublicKeyFile(path), Algorithm::RS256 | Algorithm::ES256) => {
+                let pem = read(path)?;
+                let key = if algorithm == Algorithm::RS256 {
+                    DecodingKey::from_rsa_pem(&pem)
                 } else {
-                    Algorithm::ES256
-                };
-                let keys = if !cfg.public_key_file.is_empty() {
-                    let pem = read(&cfg.public_key_file)?;
-                    let key = if algorithm == Algorithm::RS256 {
-                        DecodingKey::from_rsa_pem(&pem)
-                    } else {
-                        DecodingKey::from_ec_pem(&pem)
-                    }
-                    .map_err(|e| KeyError(format!("{}: {e}", cfg.public_key_file)))?;
-                    Keys::Single(key)
-                } else {
-                    let text = read(&cfg.jwks_file)?;
-                    let set: JwkSet = serde_json::from_slice(&text)
-                        .map_err(|e| KeyError(format!("{}: {e}", cfg.jwks_file)))?;
-                    let mut by_kid = HashMap::new();
-                    let mut only = None;
-                    for jwk in &set.keys {
-                        let key = DecodingKey::from_jwk(jwk)
-                            .map_err(|e| KeyError(format!("{}: {e}", cfg.jwks_file)))?;
-                        if let Some(kid) = &jwk.common.key_id {
-                            by_kid.insert(kid.clone(), key.clone());
-                        }
-                        only = Some(key);
-                    }
-                    if set.keys.len() != 1 {
-                        only = None;
-                    }
-                    Keys::Jwks(by_kid, only)
-                };
-                (algorithm, keys)
+                    DecodingKey::from_ec_pem(&pem)
+                }
+                .map_err(|e| shown(path, &e))?;
+                Keys::Single(key)
             }
-            other => return Err(KeyError(format!("unsupported algorithm {other}"))),
+            (JwtKey::JwksFile(path), Algorithm::RS256 | Algorithm::ES256) => {
+                let text = read(path)?;
+                let set: JwkSet = serde_json::from_slice(&text).map_err(|e| shown(path, &e))?;
+                let mut by_kid = HashMap::new();
+                let mut only = None;
+                for jwk in &set.keys {
+                    let key = DecodingKey::from_jwk(jwk).map_err(|e| shown(path, &e))?;
+                    if let Some(kid) = &jwk.common.key_id {
+                        by_kid.insert(kid.clone(), key.clone());
+                    }
+                    only = Some(key);
+                }
+                if set.keys.len() != 1 {
+                    only = None;
+                }
+                Keys::Jwks(by_kid, only)
+            }
+            (_, alg) => {
+                return Err(KeyError(format!("this key cannot verify {alg:?} tokens")));
+            }
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = cfg.leeway_secs;
         validation.validate_nbf = true;
+        // `exp` and `sub` are checked in `claims_of`, which can say what is wrong with them; `exp`
+        // without leeway, since a stream closes at `exp` (see `claims_of`).
+        validation.validate_exp = false;
         // A configured issuer or audience must be present in the token, not merely match when present.
-        let mut required = vec!["exp", "sub"];
-        if cfg.issuer.is_empty() {
-            validation.iss = None;
-        } else {
-            validation.set_issuer(&[&cfg.issuer]);
-            required.push("iss");
+        let mut required = Vec::new();
+        match &cfg.issuer {
+            None => validation.iss = None,
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
         }
-        if cfg.audience.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&[&cfg.audience]);
-            required.push("aud");
+        match &cfg.audience {
+            None => validation.validate_aud = false,
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
         }
         validation.set_required_spec_claims(&required);
         Ok(Self {
@@ -196,26 +195,26 @@ impl JwtVerifier {
                     .ok_or_else(|| unauth("token has no key id (kid)"))?,
             },
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-            unauth(match e.kind() {
-                ErrorKind::ExpiredSignature => "token expired",
-                ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
-                ErrorKind::InvalidSignature => "invalid token signature",
-                ErrorKind::InvalidAudience => "token audience (aud) not accepted",
-                ErrorKind::InvalidIssuer => "token issuer (iss) not accepted",
-                ErrorKind::InvalidAlgorithm => "token algorithm not accepted",
-                ErrorKind::MissingRequiredClaim(c) if c == "sub" => "token has no sub claim",
-                ErrorKind::MissingRequiredClaim(c) if c == "exp" => "token has no exp claim",
-                ErrorKind::MissingRequiredClaim(c) if c == "aud" => "token has no aud claim",
-                ErrorKind::MissingRequiredClaim(c) if c == "iss" => "token has no iss claim",
-                ErrorKind::MissingRequiredClaim(_) => "token misses a required claim",
-                _ => "malformed token",
-            })
-        })?;
-        let claims = data.claims;
-        if claims.sub.is_empty() {
-            return Err(unauth("token has an empty sub claim"));
-        }
+        // The signature is verified before any claim is looked at.
+        let data =
+            jsonwebtoken::decode::<RawClaims>(token, key, &self.validation).map_err(|e| {
+                unauth(match e.kind() {
+                    ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
+                    ErrorKind::InvalidClaimFormat(c) if c == "nbf" => {
+                        "token nbf claim is not a number"
+                    }
+                    ErrorKind::InvalidSignature => "invalid token signature",
+                    ErrorKind::InvalidAudience => "token audience (aud) not accepted",
+                    ErrorKind::InvalidIssuer => "token issuer (iss) not accepted",
+                    ErrorKind::InvalidAlgorithm => "token algorithm not accepted",
+                    ErrorKind::MissingRequiredClaim(c) if c == "aud" => "token has no aud claim",
+                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => "token has no iss claim",
+                    ErrorKind::MissingRequiredClaim(_) => "token misses a required claim",
+                    ErrorKind::Json(_) => self.unreadable_claims(token, key),
+                    _ => "malformed token",
+                })
+            })?;
+        let claims = claims_of(data.claims, crate::event::now_ms() / 1000).map_err(unauth)?;
         let patterns = claims
             .channels
             .iter()
@@ -233,6 +232,119 @@ impl JwtVerifier {
             roles: claims.roles,
             exp: claims.exp,
         })
+    }
+}
+
+/// The claims the gateway reads, as the token has them, so that a missing claim or one of the
+/// wrong type is reported as such rather than as a malformed token. `null` counts as missing.
+#[derive(Deserialize)]
+#[serde(from = "serde_json::Map<String, serde_json::Value>")]
+struct RawClaims {
+    sub: Option<serde_json::Value>,
+    exp: Option<serde_json::Value>,
+    channels: Option<serde_json::Value>,
+    roles: Option<serde_json::Value>,
+    /// Checked by the library; read here only to explain an unreadable token.
+    nbf: Option<serde_json::Value>,
+}
+
+/// Through a map, so that claims that are not a JSON object (an array would fill the fields
+/// by position) are refused.
+impl From<serde_json::Map<String, serde_json::Value>> for RawClaims {
+    fn from(mut map: serde_json::Map<String, serde_json::Value>) -> Self {
+        let mut take = |k: &str| map.remove(k).filter(|v| !v.is_null());
+        Self {
+            sub: take("sub"),
+            exp: take("exp"),
+            channels: take("channels"),
+            roles: take("roles"),
+            nbf: take("nbf"),
+        }
+    }
+}
+
+/// Checks the claims of a verified token at `now` (seconds since the Unix epoch).
+///
+/// `exp` is enforced without leeway, by every endpoint alike: a token is expired from its
+/// `exp` on, since a stream it opened would be closed by `event: expired` at once (the
+/// configured leeway covers clock skew on `nbf`).
+///
+/// # Errors
+/// A message naming the claim that is missing, of the wrong type or expired.
+fn claims_of(raw: RawClaims, now: u64) -> Result<Claims, &'static str> {
+    use serde_json::Value;
+    let exp = match raw.exp {
+        None => return Err("token has no exp claim"),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(secs), _) => secs,
+            // A NumericDate may have a fraction; the whole seconds are what count here.
+            (None, Some(secs)) if secs.is_finite() && secs >= 0.0 => secs as u64,
+            _ => return Err("token exp claim must be a non-negative number of seconds"),
+        },
+        Some(_) => return Err("token exp claim must be a number (seconds since the epoch)"),
+    };
+    let sub = match raw.sub {
+        None => return Err("token has no sub claim"),
+        Some(Value::String(s)) if s.is_empty() => return Err("token has an empty sub claim"),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err("token sub claim must be a string"),
+    };
+    if exp <= now {
+        return Err("token expired");
+    }
+    let strings = |v: Option<Value>, err: &'static str| match v {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s),
+                _ => Err(err),
+            })
+            .collect(),
+        Some(_) => Err(err),
+    };
+    Ok(Claims {
+        sub,
+        exp,
+        channels: strings(
+            raw.channels,
+            "token channels claim must be an array of strings",
+        )?,
+        roles: strings(raw.roles, "token roles claim must be an array of strings")?,
+    })
+}
+
+impl JwtVerifier {
+    /// Why a token's claims could not be read. The library reads `exp`, `nbf` and `sub` a second
+    /// time, strictly, and refuses the whole token when one of them is an array or an object;
+    /// this finds which (after checking the signature itself, so nothing is said about the
+    /// claims of a token that is not ours).
+    fn unreadable_claims(&self, token: &str, key: &DecodingKey) -> &'static str {
+        let Some((message, signature)) = token.rsplit_once('.') else {
+            return "malformed token";
+        };
+        if !jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, self.algorithm)
+            .unwrap_or(false)
+        {
+            return "invalid token signature";
+        }
+        let raw = message
+            .split_once('.')
+            .and_then(|(_, payload)| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .ok()
+            })
+            .and_then(|json| serde_json::from_slice::<RawClaims>(&json).ok());
+        let Some(raw) = raw else {
+            return "malformed token: its claims are not a JSON object";
+        };
+        if raw.nbf.as_ref().is_some_and(|v| !v.is_number()) {
+            return "token nbf claim is not a number";
+        }
+        claims_of(raw, crate::event::now_ms() / 1000)
+            .err()
+            .unwrap_or("malformed token")
     }
 }
 
@@ -263,11 +375,7 @@ mod tests {
     use super::*;
 
     fn verifier(secret: &str) -> JwtVerifier {
-        let cfg = JwtConfig {
-            secret: secret.into(),
-            ..JwtConfig::default()
-        };
-        JwtVerifier::from_config(&cfg, None).unwrap()
+        JwtVerifier::from_config(&JwtSettings::hs256(secret)).unwrap()
     }
 
     fn claims(exp_in: i64) -> Claims {
@@ -285,6 +393,106 @@ mod tests {
         let sub = verifier("s3cret").verify(&token).unwrap();
         assert_eq!(sub.sub, "alice");
         assert_eq!(sub.patterns.len(), 1);
+    }
+
+    fn raw(v: serde_json::Value) -> RawClaims {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn names_the_claim_that_is_missing_or_of_the_wrong_type() {
+        use serde_json::json;
+        let now = 1_000;
+        let cases = [
+            (json!({"sub": "a"}), "no exp claim"),
+            (json!({"sub": "a", "exp": null}), "no exp claim"),
+            (json!({"exp": 2000}), "no sub claim"),
+            (json!({"sub": "", "exp": 2000}), "empty sub claim"),
+            (
+                json!({"sub": ["a"], "exp": 2000}),
+                "sub claim must be a string",
+            ),
+            (
+                json!({"sub": "a", "exp": "2000"}),
+                "exp claim must be a number",
+            ),
+            (json!({"sub": "a", "exp": -5}), "non-negative"),
+            (json!({"sub": "a", "exp": 1000}), "token expired"),
+            (json!({"sub": "a", "exp": 999.9}), "token expired"),
+            (
+                json!({"sub": "a", "exp": 2000, "channels": "x:*"}),
+                "channels claim",
+            ),
+            (
+                json!({"sub": "a", "exp": 2000, "channels": [1]}),
+                "channels claim",
+            ),
+            (
+                json!({"sub": "a", "exp": 2000, "roles": {"admin": true}}),
+                "roles claim",
+            ),
+        ];
+        for (claims, want) in cases {
+            let err = claims_of(raw(claims.clone()), now).unwrap_err();
+            assert!(err.contains(want), "{claims}: {err}");
+        }
+        let ok = claims_of(raw(json!({"sub": "a", "exp": 1001.5, "roles": ["x"]})), now).unwrap();
+        assert_eq!((ok.exp, ok.roles), (1001, vec!["x".to_owned()]));
+    }
+
+    #[test]
+    fn claims_of_a_type_the_library_cannot_skip_are_named() {
+        use serde_json::json;
+        let v = verifier("s3cret");
+        let exp = crate::event::now_ms() / 1000 + 60;
+        let sign = |c: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &c,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        let cases = [
+            (
+                json!({"sub": ["a"], "exp": exp}),
+                "sub claim must be a string",
+            ),
+            (
+                json!({"sub": {"a": 1}, "exp": exp}),
+                "sub claim must be a string",
+            ),
+            (
+                json!({"sub": "a", "exp": [exp]}),
+                "exp claim must be a number",
+            ),
+            (
+                json!({"sub": "a", "exp": exp, "nbf": {}}),
+                "nbf claim is not a number",
+            ),
+            (json!([1, 2]), "not a JSON object"),
+        ];
+        for (claims, want) in cases {
+            let err = v.verify(&sign(claims.clone())).unwrap_err().to_string();
+            assert!(err.contains(want), "{claims}: {err}");
+        }
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": ["a"], "exp": exp}),
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify(&forged).unwrap_err().to_string(),
+            "invalid token signature"
+        );
+    }
+
+    #[test]
+    fn expired_within_the_leeway_is_expired() {
+        let v = verifier("s3cret");
+        let token = mint_hs256(b"s3cret", &claims(-5)).unwrap();
+        assert_eq!(v.verify(&token).unwrap_err().to_string(), "token expired");
     }
 
     #[test]

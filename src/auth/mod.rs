@@ -1,6 +1,9 @@
-//! Authentication: subscriber JWTs and publisher client certificates.
+//! Authentication: subscriber JWTs (verified by [`JwtVerifier`], taken by handlers as the
+//! [`Subscriber`] and [`Admin`] extractors) and publisher client certificates (`mtls`).
 
 pub mod jwt;
-pub mod mtls;
+pub(crate) mod mtls;
+mod request;
 
 pub use jwt::{JwtVerifier, Subscriber};
+pub use request::{bearer, set_cookie, Admin, TokenAuth, ADMIN_COOKIE, COOKIE};

@@ -6,7 +6,7 @@
 //! ```
 //! Bounded by `--events` and `--max-secs`; it stops by itself.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use sse_gateway::app::Gateway;
 use sse_gateway::auth::jwt::{mint_hs256, Claims};
-use sse_gateway::config::{Config, PublisherConfig, RawConfig};
+use sse_gateway::config::{BrokerKind, Config, PublisherConfig, RawConfig};
 use sse_gateway::ingest::pb::{PublishBatchRequest, PublishRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -107,25 +107,30 @@ async fn main() -> anyhow::Result<()> {
     sse_gateway::app::install_crypto_provider();
     let dir = std::env::temp_dir().join(format!("sse-gateway-loadgen-{}", std::process::id()));
     sse_gateway::pki::ensure_dev_pki(&dir, &["loadgen"])?;
-    let secret = "loadgen-secret".to_owned();
-    let p = |f: &str| dir.join(f).display().to_string();
+    let secret = format!("loadgen-secret-{}", sse_gateway::hub::random_id());
+    let p = |f: &str| Some(dir.join(f));
     let mut raw = RawConfig::default();
-    raw.http.addr = "127.0.0.1:0".into();
-    raw.grpc.addr = "127.0.0.1:0".into();
+    raw.http.addr = "127.0.0.1:0".parse()?;
+    raw.grpc.addr = "127.0.0.1:0".parse()?;
     raw.grpc.tls_cert = p("server.pem");
     raw.grpc.tls_key = p("server-key.pem");
     raw.grpc.client_ca = p("ca.pem");
-    raw.jwt.secret.clone_from(&secret);
+    raw.jwt.secret = Some(secret.clone().into());
     raw.limits.max_connections_per_user = args.subscribers + 1;
     raw.sse.queue_events = 4096;
-    raw.broker.kind.clone_from(&args.broker);
+    raw.broker.kind = match args.broker.as_str() {
+        "memory" => BrokerKind::Memory,
+        "redis" => BrokerKind::Redis,
+        other => anyhow::bail!("--broker {other:?}: memory or redis"),
+    };
     raw.broker.key_prefix = format!("loadgen-{}", std::process::id());
     raw.publishers = vec![PublisherConfig {
         name: "loadgen".into(),
         channels: vec!["**".into()],
+        control: false,
     }];
-    let config = Config::from_raw(raw, &PathBuf::new(), false)?;
-    let gateway = Gateway::start(config, false).await?;
+    let config = Config::from_raw(raw, Path::new(""))?;
+    let gateway = Gateway::start(config, None).await?;
     let http = gateway.http_addr;
     let token = mint_hs256(
         secret.as_bytes(),

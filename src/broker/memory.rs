@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{AppendOutcome, ReadBatch};
-use crate::channel::ChannelName;
+use crate::channel::{ChannelName, ChannelTypes};
 use crate::config::HistoryConfig;
 use crate::event::{now_ms, Event, NewEvent, Position};
 use crate::hub::Hub;
@@ -25,7 +25,15 @@ struct State {
     evicted_upto: u64,
     dedupe: HashMap<(String, String), String>,
     dedupe_order: VecDeque<(Instant, (String, String))>,
+    /// The latest event of each channel whose type keeps one, until it expires. Kept apart
+    /// from `events`, so retention trimming does not drop it; one entry per channel.
+    latest: HashMap<ChannelName, (Instant, Arc<Event>)>,
+    /// When expired `latest` entries were last swept out.
+    latest_swept: Instant,
 }
+
+/// How often expired latest events are swept out (each read also ignores them).
+const LATEST_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The in-process log.
 pub struct MemoryLog {
@@ -36,6 +44,8 @@ pub struct MemoryLog {
     max_events: usize,
     max_age: Duration,
     dedupe_window: Duration,
+    /// Which channels keep their latest event, and for how long.
+    snapshots: Option<ChannelTypes>,
 }
 
 impl MemoryLog {
@@ -50,12 +60,37 @@ impl MemoryLog {
                 evicted_upto: 0,
                 dedupe: HashMap::new(),
                 dedupe_order: VecDeque::new(),
+                latest: HashMap::new(),
+                latest_swept: Instant::now(),
             }),
             hub,
             max_events: history.max_events,
             max_age: Duration::from_secs(history.max_age_secs),
             dedupe_window: Duration::from_secs(history.dedupe_window_secs),
+            snapshots: None,
         }
+    }
+
+    /// Keeps the latest event of the channels whose type has `snapshot` set.
+    #[must_use]
+    pub fn with_snapshots(mut self, types: ChannelTypes) -> Self {
+        self.snapshots = types.any_snapshot().then_some(types);
+        self
+    }
+
+    /// See [`super::Broker::latest`]: the unexpired latest events of `channels`.
+    pub fn latest(&self, channels: &[ChannelName]) -> Vec<Arc<Event>> {
+        if self.snapshots.is_none() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let state = self.lock();
+        channels
+            .iter()
+            .filter_map(|ch| state.latest.get(ch))
+            .filter(|(expires, _)| *expires > now)
+            .map(|(_, ev)| ev.clone())
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -91,6 +126,10 @@ impl MemoryLog {
     }
 
     fn prune(&self, state: &mut State, now: Instant) {
+        if now.duration_since(state.latest_swept) >= LATEST_SWEEP_EVERY {
+            state.latest_swept = now;
+            state.latest.retain(|_, (expires, _)| *expires > now);
+        }
         while let Some((at, ev)) = state.events.front() {
             let too_many = state.events.len() > self.max_events;
             if too_many || now.duration_since(*at) > self.max_age {
@@ -148,6 +187,16 @@ impl MemoryLog {
                 state.dedupe_order.push_back((now, key));
             }
             state.events.push_back((now, event.clone()));
+            if let Some(ttl) = self
+                .snapshots
+                .as_ref()
+                .and_then(|t| t.snapshot_ttl(&new.channel))
+            {
+                // Appends hold the lock and positions grow: this one is the newest.
+                state
+                    .latest
+                    .insert(new.channel.clone(), (now + ttl, event.clone()));
+            }
             self.prune(&mut state, now);
             let delivered = self.hub.dispatch(&event);
             out.push(AppendOutcome {

@@ -88,6 +88,18 @@ impl Broker {
         }
     }
 
+    /// The latest event of each of `channels` whose type keeps one (`snapshot`), unexpired,
+    /// in no particular order. Audience rules are the caller's to apply.
+    ///
+    /// # Errors
+    /// [`GatewayError::Unavailable`] when the log cannot be reached.
+    pub async fn latest(&self, channels: &[ChannelName]) -> Result<Vec<Arc<Event>>, GatewayError> {
+        match self {
+            Self::Memory(log) => Ok(log.latest(channels)),
+            Self::Redis(log) => log.latest(channels).await,
+        }
+    }
+
     /// Whether the log answers.
     pub async fn ready(&self) -> bool {
         match self {
@@ -96,12 +108,13 @@ impl Broker {
         }
     }
 
-    /// The cursor of the newest event in the log (a stream that starts now is complete after
-    /// it); `None` when the log cannot be reached.
-    pub async fn head_cursor(&self) -> Option<String> {
+    /// A cursor after which a stream registered now receives every event (the newest event
+    /// this node has dispatched). It needs no round trip: a stream that opens while Redis is
+    /// unreachable gets one too, and resuming from it loses nothing (or yields `gap`).
+    pub fn head_cursor(&self) -> String {
         match self {
-            Self::Memory(log) => Some(log.head_cursor()),
-            Self::Redis(log) => log.head().await.ok().map(RedisLog::cursor),
+            Self::Memory(log) => log.head_cursor(),
+            Self::Redis(log) => log.tail_cursor(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! how many segments each takes.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::{is_valid_type, quote, ChannelName, ChannelPattern};
 use crate::error::GatewayError;
@@ -19,6 +20,8 @@ pub struct ChannelType {
     pub max_segments: usize,
     /// Patterns every authenticated user may read.
     pub subscribe: Vec<ChannelPattern>,
+    /// Keep the latest event of each channel of this type for this long (`snapshot = true`).
+    pub snapshot_ttl: Option<Duration>,
 }
 
 impl ChannelType {
@@ -71,7 +74,15 @@ impl ChannelType {
             min_segments: min,
             max_segments: max,
             subscribe,
+            snapshot_ttl: None,
         })
+    }
+
+    /// Keeps the latest event of each channel of this type for `ttl` (`None`: none kept).
+    #[must_use]
+    pub fn with_snapshot(mut self, ttl: Option<Duration>) -> Self {
+        self.snapshot_ttl = ttl;
+        self
     }
 }
 
@@ -88,6 +99,19 @@ impl ChannelTypes {
             types: types.into_iter().map(|t| (t.name.clone(), t)).collect(),
         }
     }
+
+    /// How long the latest event of `name` is kept, when its type keeps one.
+    pub fn snapshot_ttl(&self, name: &ChannelName) -> Option<Duration> {
+        self.types.get(name.kind()).and_then(|t| t.snapshot_ttl)
+    }
+
+    /// Whether any configured type keeps latest events.
+    pub fn any_snapshot(&self) -> bool {
+        self.types.values().any(|t| t.snapshot_ttl.is_some())
+    }
+
+    /// The types that keep their channels' latest event by default (shown current on subscribe).
+    pub const DEFAULT_SNAPSHOT: [&'static str; 2] = ["dashboards", "workflow"];
 
     /// The default types, from the product's first users.
     pub fn defaults() -> Vec<(String, String, Vec<String>)> {

@@ -2,62 +2,42 @@
 //! `EventSource` authenticates without a token in its URL.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 
-use super::token::{bearer, COOKIE};
-use crate::app::AppState;
+use crate::auth::{bearer, set_cookie, TokenAuth, COOKIE};
 use crate::error::GatewayError;
 
 /// `POST /api/sse/session`.
 ///
 /// # Errors
 /// 401 when the Bearer token is missing or invalid.
-pub async fn create(
-    State(state): State<AppState>,
+pub(crate) async fn create(
+    State(auth): State<TokenAuth>,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     let token = bearer(&headers).ok_or_else(|| {
         GatewayError::Unauthenticated("missing token: send Authorization: Bearer <jwt>".into())
     })?;
-    let user = state.verifier.verify(token)?;
+    let user = auth.verify(token)?;
     let remaining = user.exp.saturating_sub(crate::event::now_ms() / 1000);
     if remaining == 0 {
         return Err(GatewayError::Unauthenticated("token expired".into()));
     }
-    set_cookie(COOKIE, token, "/api/sse", "Lax", remaining, state.tls)
+    set_cookie(
+        COOKIE,
+        token,
+        "/api/sse",
+        "Lax",
+        remaining,
+        auth.secure_cookies,
+    )
 }
 
 /// `DELETE /api/sse/session`: clears the cookie.
 ///
 /// # Errors
 /// Never in practice.
-pub async fn delete(State(state): State<AppState>) -> Result<Response, GatewayError> {
-    set_cookie(COOKIE, "", "/api/sse", "Lax", 0, state.tls)
-}
-
-/// A 204 that sets an HttpOnly cookie (`Secure` behind TLS); an empty value with `max_age`
-/// 0 clears it.
-///
-/// # Errors
-/// [`GatewayError::InvalidArgument`] when the value cannot be a cookie.
-pub fn set_cookie(
-    name: &str,
-    value: &str,
-    path: &str,
-    same_site: &str,
-    max_age: u64,
-    tls: bool,
-) -> Result<Response, GatewayError> {
-    let cookie = format!(
-        "{name}={value}; HttpOnly; Path={path}; SameSite={same_site}; Max-Age={max_age}{}",
-        if tls { "; Secure" } else { "" }
-    );
-    let value = HeaderValue::from_str(&cookie)
-        .map_err(|_| GatewayError::InvalidArgument("token is not a valid cookie value".into()))?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    response
-        .headers_mut()
-        .insert(http::header::SET_COOKIE, value);
-    Ok(response)
+pub(crate) async fn delete(State(auth): State<TokenAuth>) -> Result<Response, GatewayError> {
+    set_cookie(COOKIE, "", "/api/sse", "Lax", 0, auth.secure_cookies)
 }

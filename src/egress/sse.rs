@@ -3,8 +3,17 @@
 //! Order of work for a resume without gap or duplicate: register with the hub first (live events
 //! queue up), then replay history after the client's cursor, then drain the queue skipping what
 //! the replay already covered.
+//!
+//! Latest values (`snapshot` channel types): a stream that starts without a cursor, or gets
+//! `gap`, first writes the latest event of each of its channels that has one, as a data message
+//! without `id:`; a channel added live gets its latest event through the queue
+//! ([`Item::Snapshot`]). Ordering is kept by position, per channel, in one place
+//! ([`SseStream::high`]): a snapshot is written only when the stream has sent that channel
+//! nothing as new, and an event no newer than a snapshot already sent is skipped. So however a
+//! snapshot read races with live events (a Redis read, a channel add, the tail), a client never
+//! sees a channel's value go back, and every event newer than the snapshot still arrives.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +28,13 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{authenticate, authorize, Denied, TransportKill};
-use crate::app::AppState;
+use super::{authorize, Denied, TransportKill};
+use crate::auth::Subscriber;
 use crate::channel::ChannelName;
 use crate::error::GatewayError;
 use crate::event::{render_control, Event, Position};
 use crate::hub::{Item, NewConnection, Registration};
+use crate::state::AppState;
 
 /// Events per history page during replay.
 const REPLAY_PAGE: usize = 1000;
@@ -51,7 +61,6 @@ struct Gap<'a> {
 struct SseQuery {
     channels: Vec<String>,
     last_event_id: Option<String>,
-    access_token: Option<String>,
 }
 
 fn parse_query(raw: Option<&str>) -> Result<SseQuery, GatewayError> {
@@ -70,7 +79,7 @@ fn parse_query(raw: Option<&str>) -> Result<SseQuery, GatewayError> {
                 }
             }
             "last_event_id" | "lastEventId" => q.last_event_id = Some(value.into_owned()),
-            "access_token" => q.access_token = Some(value.into_owned()),
+            "access_token" => {} // read by the Subscriber extractor
             _ => {}
         }
     }
@@ -81,15 +90,15 @@ fn parse_query(raw: Option<&str>) -> Result<SseQuery, GatewayError> {
 ///
 /// # Errors
 /// 401 bad token, 400 malformed channel, 403 every requested channel denied, 429 too many streams.
-pub async fn stream(
+pub(crate) async fn stream(
+    user: Subscriber,
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     kill: Option<Extension<TransportKill>>,
 ) -> Result<Response, GatewayError> {
     let query = parse_query(raw.as_deref())?;
-    let user = authenticate(&state, &headers, query.access_token.as_deref())?;
-    let limit = state.config.raw.limits.max_channels_per_connection;
+    let limit = state.config.limits.max_channels_per_connection;
     let mut requested: Vec<ChannelName> = Vec::new();
     let mut seen = HashSet::new();
     for raw in &query.channels {
@@ -104,7 +113,7 @@ pub async fn stream(
         }
     }
     let asked = !requested.is_empty();
-    let (granted, denied) = authorize(&state, &user, requested);
+    let (granted, denied) = authorize(&state.config.channel_types, &user, requested);
     if asked && granted.is_empty() {
         let list: Vec<&str> = denied.iter().map(|d| d.channel.as_str()).collect();
         return Err(GatewayError::PermissionDenied(format!(
@@ -124,15 +133,15 @@ pub async fn stream(
             Some(pos) => Replay::From(pos),
             None => Replay::Foreign,
         });
-    let sse = &state.config.raw.sse;
+    let sse = &state.config.sse;
     let (registration, rx) = state.hub.register(NewConnection {
         sub: user.sub.clone(),
         roles: user.roles.clone(),
         channels: granted.clone(),
         queue_events: sse.queue_events,
         queue_bytes: sse.queue_bytes,
-        max_per_user: state.config.raw.limits.max_connections_per_user,
-        max_total: state.config.raw.limits.max_connections,
+        max_per_user: state.config.limits.max_connections_per_user,
+        max_total: state.config.limits.max_connections,
         // Only an HTTP/1.1 connection is ours alone to drop.
         transport: kill.map(|Extension(k)| k.0),
         replaying: matches!(replay, Some(Replay::From(_))),
@@ -141,8 +150,9 @@ pub async fn stream(
 
     let start = match (&replay, cursor) {
         (Some(Replay::From(_)), Some(c)) => Some(c),
-        _ => state.broker.head_cursor().await,
+        _ => Some(state.broker.head_cursor()),
     };
+
     let mut first = BytesMut::new();
     first.extend_from_slice(format!("retry: {}\n\n", sse.retry_ms).as_bytes());
     first.extend_from_slice(&render_control(
@@ -166,9 +176,14 @@ pub async fn stream(
         registration,
         rx,
         first: Some(first.freeze()),
+        // A stream without a cursor starts with its channels' latest values.
+        snapshot_due: replay.is_none(),
         replay,
         covered: None,
+        high: HashMap::new(),
+        carry: Vec::new(),
         expires_at: Instant::now() + Duration::from_millis(expires_in),
+        replay_failures: 0,
         ticker,
         done: false,
     };
@@ -205,6 +220,17 @@ struct SseStream {
     replay: Option<Replay>,
     /// Events at or before this position were sent by the replay.
     covered: Option<Position>,
+    /// Write the latest events of the stream's channels before anything else (a stream that
+    /// opened without a cursor, or got `gap`).
+    snapshot_due: bool,
+    /// Per channel of a `snapshot` type: the newest position sent on it, as an event or as a
+    /// snapshot. An event at or before it is skipped (a snapshot as new was sent); a snapshot
+    /// at or before it is not sent (the client has that value or a newer one).
+    high: HashMap<ChannelName, Position>,
+    /// Queued items taken after a `gap`, written after the snapshots that follow it.
+    carry: Vec<Item>,
+    /// Failed history reads in a row (the retry backs off).
+    replay_failures: u32,
     expires_at: Instant,
     ticker: tokio::time::Interval,
     done: bool,
@@ -218,13 +244,28 @@ impl SseStream {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
-        while let Some(replay) = self.replay.take() {
-            let page = self.replay_page(replay).await;
-            if !page.is_empty() {
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.snapshot_due {
+                self.snapshot_due = false;
+                let mut out = BytesMut::new();
+                self.write_snapshots(&mut out).await;
+                let mut carry = std::mem::take(&mut self.carry);
+                self.render(&mut carry, &mut out);
+                if out.is_empty() {
+                    continue;
+                }
+                return Some(out.freeze());
+            }
+            if let Some(replay) = self.replay.take() {
+                let page = self.replay_page(replay).await;
+                if page.is_empty() {
+                    continue;
+                }
                 return Some(page);
             }
-        }
-        loop {
             match self.live().await {
                 // Every queued event was already replayed: wait for more.
                 Some(chunk) if chunk.is_empty() => continue,
@@ -245,7 +286,9 @@ impl SseStream {
                         channels: &channels,
                     },
                 ));
-                // Nothing of this log was seen: live events from the registration on.
+                // Nothing of this log was seen: the latest values, then live events from the
+                // registration on.
+                self.write_snapshots(&mut out).await;
                 return out.freeze();
             }
             Replay::From(pos) => pos,
@@ -253,6 +296,7 @@ impl SseStream {
         let set: HashSet<ChannelName> = channels.iter().cloned().collect();
         match self.state.broker.read_after(after, &set, REPLAY_PAGE).await {
             Ok(batch) => {
+                self.replay_failures = 0;
                 if batch.gap {
                     out.extend_from_slice(&render_control(
                         "gap",
@@ -260,32 +304,64 @@ impl SseStream {
                             channels: &channels,
                         },
                     ));
+                    // Read after the page: the replay then skips what they cover.
+                    self.write_snapshots(&mut out).await;
                 }
-                let conn = &self.registration.connection;
+                let conn = self.registration.connection.clone();
+                let mut written = 0usize;
                 for ev in &batch.events {
-                    if ev.admits(&conn.sub, &conn.roles) {
+                    if ev.admits(&conn.sub, &conn.roles) && self.note_event(ev) {
                         out.extend_from_slice(&ev.frame);
+                        written += 1;
                     }
                 }
                 // `last` never passes the log's head: a cursor from beyond it (a lost log) must not hide
                 // the live events that follow.
                 self.covered = Some(batch.last);
-                // Live events dropped while replaying are in the log: read on until none was.
-                if !batch.done || !conn.finish_replay() {
+                // Go live only once the replay has caught up with a small last page: the page is
+                // still being written when live events start to count against the queue, so a
+                // large one (or a queue already full of events the replay covered) would close a
+                // client that reads at full speed as a slow consumer.
+                let sse = &self.state.config.sse;
+                let small =
+                    written <= (sse.queue_events / 2).max(1) && out.len() <= sse.queue_bytes / 2;
+                if batch.done && small && conn.finish_replay() {
+                    // Live from here on: nothing was dropped since the last page (else
+                    // `finish_replay` would have said so), so the queue holds every event after
+                    // that page's read. Write them now, leaving the queue empty.
+                    let mut items = Vec::new();
+                    while let Ok(item) = self.rx.try_recv() {
+                        items.push(item);
+                    }
+                    self.render(&mut items, &mut out);
+                } else {
+                    // Queued events are in the log too and a later page reads them: drop them to
+                    // keep room in the queue.
                     self.replay = Some(Replay::From(batch.last));
                     self.drain_during_replay(&mut out);
                 }
             }
             Err(e) => {
-                // The log is unreachable: say so, and continue live.
-                tracing::warn!(error = %e, "replay failed; sending gap");
-                self.registration.connection.finish_replay();
-                out.extend_from_slice(&render_control(
-                    "gap",
-                    &Gap {
-                        channels: &channels,
-                    },
-                ));
+                // The log cannot be read just now (Redis down, or a read that timed out while
+                // thousands of streams resume at once). The cursor is still good: wait and read
+                // again. A `gap` here would make the app re-fetch state although nothing is lost;
+                // live events meanwhile are dropped and read from the log (the stream is still
+                // replaying). Heartbeats go on.
+                self.replay_failures = self.replay_failures.saturating_add(1);
+                tracing::warn!(error = %e, attempt = self.replay_failures, "replay read failed; retrying");
+                self.replay = Some(Replay::From(after));
+                let base = (100u64 << self.replay_failures.min(5)).min(3000);
+                // Jitter, so the streams of one outage do not retry in lockstep.
+                let backoff =
+                    Duration::from_millis(base / 2 + rand::random::<u64>() % (base / 2 + 1));
+                let conn = self.registration.connection.clone();
+                tokio::select! {
+                    () = self.state.shutdown.cancelled() => self.done = true,
+                    () = conn.closed.cancelled() => self.done = true,
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = self.ticker.tick() => out.extend_from_slice(b": ping\n\n"),
+                }
+                self.drain_during_replay(&mut out);
             }
         }
         out.freeze()
@@ -300,24 +376,114 @@ impl SseStream {
         let conn = self.registration.connection.clone();
         while let Ok(item) = self.rx.try_recv() {
             conn.dequeued(&item);
-            if let Item::Control(bytes) = item {
-                out.extend_from_slice(&bytes);
+            match item {
+                Item::Event(_) => {}
+                Item::Control(bytes) => out.extend_from_slice(&bytes),
+                Item::Gap(bytes) => {
+                    out.extend_from_slice(&bytes);
+                    self.snapshot_due = true;
+                }
+                Item::Snapshot(ev) => self.write_snapshot(&ev, out),
             }
         }
     }
 
-    fn render(&self, items: &mut Vec<Item>, out: &mut BytesMut) {
+    /// Writes the latest event of each of the stream's channels that has one (and that the
+    /// client may see and has nothing as new of). A log that cannot be read now is logged: the
+    /// live events that follow are still right, only the current values are missing.
+    async fn write_snapshots(&mut self, out: &mut BytesMut) {
+        let channels = self.registration.connection.channels();
+        if !channels
+            .iter()
+            .any(|c| self.state.config.channel_types.snapshot_ttl(c).is_some())
+        {
+            return;
+        }
+        match self.state.broker.latest(&channels).await {
+            Ok(latest) => {
+                for ev in &latest {
+                    self.write_snapshot(ev, out);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read latest events; none sent"),
+        }
+    }
+
+    /// Writes `ev` as its channel's latest value, when the stream still carries the channel,
+    /// the audience admits the user and nothing as new was sent on it.
+    fn write_snapshot(&mut self, ev: &Arc<Event>, out: &mut BytesMut) {
         let conn = &self.registration.connection;
-        for item in items.drain(..) {
+        if !ev.admits(&conn.sub, &conn.roles)
+            || self
+                .high
+                .get(&ev.channel)
+                .is_some_and(|h| *h >= ev.position)
+            || !conn.channels().contains(&ev.channel)
+        {
+            return;
+        }
+        self.remember(ev);
+        out.extend_from_slice(ev.snapshot_frame());
+    }
+
+    /// Records an event about to be written; false when a snapshot as new was sent on its
+    /// channel (then the event is not written).
+    fn note_event(&mut self, ev: &Arc<Event>) -> bool {
+        if self
+            .high
+            .get(&ev.channel)
+            .is_some_and(|h| *h >= ev.position)
+        {
+            return false;
+        }
+        if self
+            .state
+            .config
+            .channel_types
+            .snapshot_ttl(&ev.channel)
+            .is_some()
+        {
+            self.remember(ev);
+        }
+        true
+    }
+
+    fn remember(&mut self, ev: &Arc<Event>) {
+        self.high.insert(ev.channel.clone(), ev.position);
+        // Bounded by the channels the stream carries: forget channels it no longer does.
+        let max = self.state.config.limits.max_channels_per_connection;
+        if self.high.len() > max.saturating_mul(2).max(16) {
+            let now: HashSet<ChannelName> = self
+                .registration
+                .connection
+                .channels()
+                .into_iter()
+                .collect();
+            self.high.retain(|c, _| now.contains(c));
+        }
+    }
+
+    fn render(&mut self, items: &mut Vec<Item>, out: &mut BytesMut) {
+        let conn = self.registration.connection.clone();
+        let mut items = items.drain(..);
+        while let Some(item) = items.next() {
             conn.dequeued(&item);
             match item {
                 Item::Event(ev) => {
-                    if self.covered.is_some_and(|c| ev.position <= c) {
+                    if self.covered.is_some_and(|c| ev.position <= c) || !self.note_event(&ev) {
                         continue;
                     }
                     self.write_event(&ev, out);
                 }
                 Item::Control(bytes) => out.extend_from_slice(&bytes),
+                Item::Gap(bytes) => {
+                    // The latest values come right after the gap; what was queued behind it is
+                    // written after them (`next_chunk`).
+                    out.extend_from_slice(&bytes);
+                    self.snapshot_due = true;
+                    self.carry.extend(items.by_ref());
+                }
+                Item::Snapshot(ev) => self.write_snapshot(&ev, out),
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Ingest: the mTLS gRPC `Publisher` service, with health and reflection beside it.
 
-pub mod publisher;
+pub mod codec;
+pub(crate) mod pipeline;
+pub(crate) mod publisher;
 mod rate;
 
 pub use rate::RateLimiter;

@@ -7,27 +7,28 @@ use futures_util::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use tokio_util::task::TaskTracker;
+
 use super::pb::{self, PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse};
-use crate::app::AppState;
+use super::pipeline::Pipeline;
 use crate::auth::mtls::publisher_name;
 use crate::broker::AppendOutcome;
 use crate::error::GatewayError;
-use crate::event::{compact_json, parse_event_name, Audience, NewEvent};
 
 /// Most events in one `PublishBatch`.
 pub const MAX_BATCH: usize = 1000;
-/// Most bytes in an idempotency key.
-pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// The Publisher service.
 pub struct PublisherService {
-    state: AppState,
+    pipeline: Pipeline,
+    /// Publish streams run as tasks here, so a graceful shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 impl PublisherService {
-    /// A service over the shared application state.
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    /// A service appending through `pipeline`; stream tasks are tracked by `tasks`.
+    pub fn new(pipeline: Pipeline, tasks: TaskTracker) -> Self {
+        Self { pipeline, tasks }
     }
 
     /// The generated server wrapper, with a message limit that fits a full batch of
@@ -35,9 +36,8 @@ impl PublisherService {
     /// before it is buffered).
     pub fn into_server(self) -> pb::publisher_server::PublisherServer<Self> {
         let per_event = self
-            .state
+            .pipeline
             .config
-            .raw
             .limits
             .max_event_bytes
             .saturating_add(1024);
@@ -61,140 +61,6 @@ fn identify<T>(req: &Request<T>) -> Result<String, GatewayError> {
         })
 }
 
-impl AppState {
-    /// Validates one publish request from `publisher` into an event ready to append.
-    ///
-    /// # Errors
-    /// The [`GatewayError`] of the first rule it breaks.
-    pub fn validate_publish(
-        &self,
-        publisher: &str,
-        req: PublishRequest,
-    ) -> Result<NewEvent, GatewayError> {
-        let channel = self.config.channel_types.parse_name(&req.channel)?;
-        let allowed = self
-            .config
-            .publishers
-            .get(publisher)
-            .is_some_and(|p| p.channels.iter().any(|pat| pat.matches(&channel, None)));
-        if !allowed {
-            return Err(GatewayError::PermissionDenied(format!(
-                "publisher {publisher:?} may not publish to {channel}"
-            )));
-        }
-        let max = self.config.raw.limits.max_event_bytes;
-        if req.data.len() > max {
-            return Err(GatewayError::EventTooLarge {
-                size: req.data.len(),
-                max,
-            });
-        }
-        let payload = compact_json(&req.data)?;
-        let event = parse_event_name(&req.event)?;
-        let idempotency_key = if req.idempotency_key.is_empty() {
-            None
-        } else if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
-            return Err(GatewayError::InvalidArgument(format!(
-                "idempotency_key is {} bytes, over {MAX_IDEMPOTENCY_KEY}",
-                req.idempotency_key.len()
-            )));
-        } else {
-            Some(req.idempotency_key)
-        };
-        let audience = req
-            .audience
-            .map(|a| Audience {
-                user_ids: a.user_ids,
-                roles: a.roles,
-            })
-            .filter(|a| !a.user_ids.is_empty() || !a.roles.is_empty());
-        Ok(NewEvent {
-            channel,
-            event,
-            payload,
-            idempotency_key,
-            audience,
-        })
-    }
-
-    /// Validates a whole batch, then appends it; nothing is appended when any event is bad.
-    ///
-    /// # Errors
-    /// The first validation error (prefixed with the event's index), rate limit, or
-    /// [`GatewayError::Unavailable`].
-    pub async fn publish_many(
-        &self,
-        publisher: &str,
-        requests: Vec<PublishRequest>,
-    ) -> Result<Vec<AppendOutcome>, GatewayError> {
-        if self.shutdown.is_cancelled() {
-            return Err(GatewayError::ShuttingDown);
-        }
-        let single = requests.len() == 1;
-        let mut events = Vec::with_capacity(requests.len());
-        for (i, req) in requests.into_iter().enumerate() {
-            match self.validate_publish(publisher, req) {
-                Ok(ev) => events.push(ev),
-                Err(e) => {
-                    self.metrics.published(result_label(&e), 1);
-                    tracing::debug!(%publisher, error = %e, "publish rejected");
-                    return Err(if single { e } else { with_index(e, i) });
-                }
-            }
-        }
-        if !self.limiter.take(publisher, events.len()) {
-            self.metrics.published("rate_limited", events.len() as u64);
-            return Err(GatewayError::RateLimited(format!(
-                "publisher {publisher:?} is over {} events/s",
-                self.config.raw.limits.publisher_events_per_sec
-            )));
-        }
-        let n = events.len() as u64;
-        match self.broker.append(publisher, events).await {
-            Ok(outcomes) => {
-                let dups = outcomes.iter().filter(|o| o.duplicate).count() as u64;
-                self.metrics.published("ok", n - dups);
-                if dups > 0 {
-                    self.metrics.published("duplicate", dups);
-                }
-                Ok(outcomes)
-            }
-            Err(e) => {
-                self.metrics.published(result_label(&e), n);
-                self.metrics.broker_errors.inc();
-                tracing::warn!(%publisher, error = %e, "publish failed");
-                Err(e)
-            }
-        }
-    }
-}
-
-fn with_index(err: GatewayError, i: usize) -> GatewayError {
-    match err {
-        GatewayError::InvalidChannel(m) => {
-            GatewayError::InvalidChannel(format!("events[{i}]: {m}"))
-        }
-        GatewayError::InvalidData(m) => GatewayError::InvalidData(format!("events[{i}]: {m}")),
-        GatewayError::InvalidArgument(m) => {
-            GatewayError::InvalidArgument(format!("events[{i}]: {m}"))
-        }
-        GatewayError::PermissionDenied(m) => {
-            GatewayError::PermissionDenied(format!("events[{i}]: {m}"))
-        }
-        other => other,
-    }
-}
-
-fn result_label(err: &GatewayError) -> &'static str {
-    match err {
-        GatewayError::PermissionDenied(_) => "denied",
-        GatewayError::EventTooLarge { .. } => "too_large",
-        GatewayError::Unavailable(_) | GatewayError::ShuttingDown => "unavailable",
-        GatewayError::RateLimited(_) => "rate_limited",
-        _ => "invalid",
-    }
-}
-
 fn to_response(o: AppendOutcome) -> PublishResponse {
     PublishResponse {
         id: o.cursor,
@@ -213,7 +79,7 @@ impl pb::publisher_server::Publisher for PublisherService {
     ) -> Result<Response<PublishResponse>, Status> {
         let publisher = identify(&request)?;
         let outcome = self
-            .state
+            .pipeline
             .publish_many(&publisher, vec![request.into_inner()])
             .await?
             .pop()
@@ -234,7 +100,7 @@ impl pb::publisher_server::Publisher for PublisherService {
             ))
             .into());
         }
-        let outcomes = self.state.publish_many(&publisher, events).await?;
+        let outcomes = self.pipeline.publish_many(&publisher, events).await?;
         Ok(Response::new(PublishBatchResponse {
             results: outcomes.into_iter().map(to_response).collect(),
         }))
@@ -248,12 +114,20 @@ impl pb::publisher_server::Publisher for PublisherService {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let publisher = identify(&request)?;
         let mut inbound = request.into_inner();
-        let state = self.state.clone();
+        let pipeline = self.pipeline.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<PublishResponse, Status>>(256);
-        tokio::spawn(async move {
-            while let Some(msg) = inbound.next().await {
+        // Tracked, so a graceful shutdown waits for the request in progress to be answered.
+        self.tasks.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    // No new request is taken after shutdown; the stream ends with UNAVAILABLE.
+                    () = pipeline.shutdown.cancelled() => Some(Err(GatewayError::ShuttingDown.into())),
+                    msg = inbound.next() => msg,
+                };
+                let Some(msg) = msg else { break };
                 let result = match msg {
-                    Ok(req) => state
+                    Ok(req) => pipeline
                         .publish_many(&publisher, vec![req])
                         .await
                         .map_err(Status::from)

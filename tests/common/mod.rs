@@ -14,7 +14,7 @@ use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sse_gateway::app::Gateway;
-use sse_gateway::config::{Config, PublisherConfig, RawConfig};
+use sse_gateway::config::{Config, JwtAlgorithm, PublisherConfig, RawConfig};
 use sse_gateway::ingest::pb::publisher_client::PublisherClient;
 use sse_gateway::ingest::pb::{Audience, PublishRequest, PublishResponse};
 use tempfile::TempDir;
@@ -60,6 +60,7 @@ pub fn test_publishers() -> Vec<PublisherConfig> {
     .map(|(name, channels)| PublisherConfig {
         name: name.to_owned(),
         channels: channels.into_iter().map(str::to_owned).collect(),
+        control: false,
     })
     .collect()
 }
@@ -95,19 +96,19 @@ impl TestGateway {
         let foreign_pki = tempfile::tempdir().unwrap();
         sse_gateway::pki::ensure_dev_pki(foreign_pki.path(), &["l5-etl-service"]).unwrap();
         let secret = format!("test-secret-{}", sse_gateway::hub::random_id());
-        let p = |f: &str| pki.path().join(f).display().to_string();
+        let p = |f: &str| Some(pki.path().join(f));
         let mut raw = RawConfig::default();
-        raw.http.addr = "127.0.0.1:0".into();
-        raw.grpc.addr = "127.0.0.1:0".into();
+        raw.http.addr = "127.0.0.1:0".parse().unwrap();
+        raw.grpc.addr = "127.0.0.1:0".parse().unwrap();
         raw.grpc.tls_cert = p("server.pem");
         raw.grpc.tls_key = p("server-key.pem");
         raw.grpc.client_ca = p("ca.pem");
-        raw.jwt.algorithm = "HS256".into();
-        raw.jwt.secret.clone_from(&secret);
+        raw.jwt.algorithm = JwtAlgorithm::Hs256;
+        raw.jwt.secret = Some(secret.clone().into());
         raw.publishers = test_publishers();
         customize(&mut raw);
-        let config = Config::from_raw(raw, pki.path(), false).expect("test config is valid");
-        let gateway = Gateway::start(config.clone(), false)
+        let config = Config::from_raw(raw, pki.path()).expect("test config is valid");
+        let gateway = Gateway::start(config.clone(), None)
             .await
             .expect("gateway starts");
         let http = reqwest::Client::builder()

@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
   adminConnections,
+  burstShown,
+  demoOpen,
   adminToken,
   artifactsDir,
   cleanupPki,
@@ -20,6 +22,7 @@ import {
   panelCount,
   publisher,
   redisCommand,
+  secondPage,
   startGateway,
   waitFor,
 } from './lib.mjs';
@@ -278,6 +281,132 @@ describe('resume from ready.cursor before any event', () => {
       assert.deepEqual(s.gaps, []);
       assert.equal(stats.sseRequests.length, 2);
       assert.equal(lastEventIdOf(stats.sseRequests[1]), cursor, 'the new leader resumed from ready.cursor');
+    } finally {
+      await context.close();
+    }
+  });
+});
+
+describe('state that survives navigation (sessionStorage)', () => {
+  const N = 30;
+  const MID = 12;
+  const expected = Array.from({ length: N }, (_, i) => i + 1);
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const lastEventIdOf = (url) => new URL(url).searchParams.get('last_event_id');
+
+  /**
+   * Publishes `burst 1..N` on the logs channel, one after the other. Before event MID, once the
+   * page shows the first MID-1, `midway()` starts a reload or navigation (not awaited: the burst
+   * goes on while the page is away). Returns the cursors, and the pending navigation.
+   */
+  async function burst(page, midway) {
+    const ids = [];
+    let nav = null;
+    for (let i = 1; i <= N; i++) {
+      if (i === MID) {
+        await waitFor(async () => (await burstShown(page)).length === MID - 1, `the first ${MID - 1} events on the page`, 10000);
+        nav = midway();
+      }
+      ids.push(await pub.publish('logs:demo:etl-1', { level: 'info', message: `burst ${i}` }, 'log'));
+      await sleep(25);
+    }
+    return { ids, nav };
+  }
+
+  async function allShown(page) {
+    await waitFor(async () => (await burstShown(page)).length >= N, `the panel to show ${N} events`, 15000);
+    await sleep(300); // a duplicate would show up as an extra line
+    return burstShown(page);
+  }
+
+  it('a reload mid-burst resumes where the page stopped: the panel shows exactly 1..N, in order', { timeout: 60000 }, async () => {
+    const { context, stats } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub: 'reload-user' }) });
+    try {
+      const page = await openDemo(context, gw, { panels: ['logs'] });
+      const { ids, nav } = await burst(page, () => page.reload());
+      await nav;
+      await demoOpen(page);
+      assert.deepEqual(await allShown(page), expected);
+      assert.equal(await panelCount(page, 'logs'), N);
+      const s = await demoState(page);
+      assert.deepEqual(s.gaps, []);
+      assert.equal(s.lastEventId, ids.at(-1));
+      // the reloaded page resumed from a cursor of the burst (the one stored with the items it showed)
+      assert.equal(stats.sseRequests.length, 2, stats.sseRequests.join(' '));
+      assert.ok(ids.slice(MID - 2).includes(lastEventIdOf(stats.sseRequests[1])), `resumed from ${stats.sseRequests[1]}`);
+      assert.deepEqual(page.errors, []);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it('a navigation mid-burst to another page of the origin with the same subscription: exactly 1..N there', { timeout: 60000 }, async () => {
+    const { context, stats } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub: 'navigate-user' }) });
+    try {
+      const other = await secondPage(context, gw);
+      const page = await openDemo(context, gw, { panels: ['logs', 'metrics'] });
+      const { ids, nav } = await burst(page, () => page.goto(`${other}?panels=logs`));
+      await nav;
+      assert.equal(await page.title(), 'second page');
+      await demoOpen(page);
+      assert.deepEqual(await allShown(page), expected);
+      const s = await demoState(page);
+      assert.deepEqual(s.gaps, []);
+      assert.equal(s.lastEventId, ids.at(-1));
+      assert.ok(ids.slice(MID - 2).includes(lastEventIdOf(stats.sseRequests[1])), `resumed from ${stats.sseRequests[1]}`);
+      // the previous page's other channel was carried over for a while, then released
+      await waitFor(async () => {
+        const c = await connectionsOf('navigate-user');
+        return c.length === 1 && c[0].channels.join() === 'logs:demo:etl-1';
+      }, 'the metrics channel nobody took over to be released', 20000);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it('two tabs: the follower reloaded, then the leader, both mid-burst: each shows exactly 1..N', { timeout: 90000 }, async () => {
+    const sub = 'reload-tabs-user';
+    const { context } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    try {
+      const a = await openDemo(context, gw, { panels: ['logs'] });
+      const b = await openDemo(context, gw, { panels: ['logs'] });
+      assert.equal((await demoState(a)).state.role, 'leader');
+      await waitFor(async () => (await demoState(b)).state.status === 'open', 'the follower to follow', 10000);
+
+      // the follower reloads mid-burst: the leader sends it what it missed
+      let r = await burst(b, () => b.reload());
+      await r.nav;
+      await demoOpen(b);
+      assert.deepEqual(await allShown(b), expected, 'the reloaded follower');
+      assert.deepEqual(await allShown(a), expected, 'the leader');
+      assert.equal((await demoState(b)).state.role, 'follower');
+      assert.equal((await connectionsOf(sub)).length, 1);
+
+      // a second burst; the leader reloads mid-way: the other tab takes over, the reloaded one catches up
+      const second = Array.from({ length: N }, (_, i) => N + i + 1);
+      const run2 = async (i) => pub.publish('logs:demo:etl-1', { level: 'info', message: `burst ${i}` }, 'log');
+      const idsB = [];
+      let nav = null;
+      for (let i = 1; i <= N; i++) {
+        if (i === MID) nav = a.reload();
+        idsB.push(await run2(N + i));
+        await sleep(25);
+      }
+      await nav;
+      await demoOpen(a);
+      const last = async (p) => (await burstShown(p)).slice(-N);
+      for (const [p, name] of [[a, 'the reloaded leader'], [b, 'the new leader']]) {
+        await waitFor(async () => (await burstShown(p)).at(-1) === 2 * N, `${name} to show the second burst`, 15000);
+        await sleep(300);
+        const shown = await burstShown(p);
+        assert.deepEqual(await last(p), second, name);
+        assert.equal(new Set(shown).size, shown.length, `${name}: no duplicate`);
+        assert.deepEqual((await demoState(p)).gaps, [], `${name}: no gap`);
+      }
+      assert.equal((await demoState(b)).state.role, 'leader');
+      assert.equal((await demoState(a)).state.role, 'follower');
+      assert.equal((await demoState(a)).lastEventId, idsB.at(-1));
+      assert.equal((await connectionsOf(sub)).length, 1);
     } finally {
       await context.close();
     }

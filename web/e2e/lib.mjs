@@ -392,6 +392,36 @@ export function demoState(page) {
   });
 }
 
+/**
+ * Serves a second page of the demo's origin at `path` (its own HTML, the same bundle): a
+ * full-page navigation to it is a navigation to "another micro-frontend" of the same origin.
+ */
+export async function secondPage(context, gw, path = '/second/') {
+  const html = readFileSync(join(DEMO_DIST, 'index.html'), 'utf8')
+    .replace('./demo.css', '/demo/demo.css')
+    .replace('./demo.js', '/demo/demo.js')
+    .replace(/<title>[^<]*<\/title>/, '<title>second page</title>');
+  await context.route((url) => url.origin === gw.base && url.pathname === path, (route) =>
+    route.fulfill({ status: 200, contentType: 'text/html; charset=utf-8', body: html }),
+  );
+  return `${gw.base}${path}`;
+}
+
+/** Waits for the demo page (after a load, reload or navigation) to have its connection open. */
+export async function demoOpen(page) {
+  await waitFor(() => page.evaluate(() => document.querySelector('[data-testid=status]')?.dataset.status === 'open'), 'demo page connection to open', 15000);
+}
+
+/** The numbers of the `burst N` lines the logs panel shows, oldest first. */
+export async function burstShown(page) {
+  const texts = await page.$$eval('[data-testid=panel-logs] li', (lis) => lis.map((li) => li.textContent ?? ''));
+  return texts
+    .map((t) => /burst (\d+)$/.exec(t.trim()))
+    .filter(Boolean)
+    .map((m) => Number(m[1]))
+    .reverse();
+}
+
 export const panelCount = (page, id) =>
   page.evaluate((id) => Number(document.querySelector(`[data-testid=panel-${id}]`)?.dataset.count ?? -1), id);
 

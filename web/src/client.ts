@@ -1,33 +1,33 @@
-import { normalizeChannels } from './channels.js';
+/**
+ * The framework-free client: subscriptions of this page (`Registry`), their kept items
+ * (`History`), the state that survives a reload (`Persistence`), and — in the tab that leads —
+ * the gateway connection (`Connection`) and the recent stream for tabs that come back
+ * (`Journal`). Which tab leads is `TabGroup`'s business.
+ */
+import { isValidChannel, normalizeChannels } from './channels.js';
 import { Connection } from './connection.js';
 import { Emitter } from './emitter.js';
+import { History } from './history.js';
+import { Journal } from './journal.js';
+import { jwtSubject } from './jwt.js';
+import { globalPageEvents, Persistence, sessionStore, type StoredState } from './persist.js';
 import { Registry } from './registry.js';
+import { TabGroup, type CatchUpReply, type LeaderState, type Relay } from './tabs.js';
 import type {
   BroadcastChannelCtor,
-  BroadcastChannelLike,
   ClientEvents,
+  ConnectionTransition,
   DeniedChannel,
   GapInfo,
   LockManagerLike,
   MessageHandler,
+  PageEventsLike,
   SSEClientOptions,
   SSEMessage,
   SSEState,
+  StorageLike,
   SubscribeOptions,
 } from './types.js';
-
-/** Messages between tabs on the BroadcastChannel. */
-type TabMessage =
-  | { t: 'hello' | 'subs'; from: string; channels: string[] }
-  | { t: 'bye'; from: string }
-  | { t: 'leader'; from: string }
-  | { t: 'msg'; from: string; m: SSEMessage }
-  | { t: 'gap'; from: string; gap: GapInfo }
-  | { t: 'denied'; from: string; denied: DeniedChannel[] }
-  | { t: 'expired'; from: string; at: number }
-  | { t: 'ready'; from: string; info: ClientEvents['ready'] }
-  | { t: 'subscriptions'; from: string; info: ClientEvents['subscriptions'] }
-  | { t: 'state'; from: string; state: Partial<SSEState>; tabs: Record<string, string[]>; cursor: string | null };
 
 const INITIAL_STATE: SSEState = {
   status: 'idle',
@@ -41,6 +41,21 @@ const INITIAL_STATE: SSEState = {
   tabs: 1,
 };
 
+const DEFAULT_PERSIST_BYTES = 1 << 20;
+/** How long a leader waits for a catch-up cursor it has not seen (yet) to show up in its stream. */
+const CATCH_UP_WAIT_MS = 2000;
+const DEFAULT_LINGER_MS = 10000;
+
+/** A follower tab back from a reload, until the leader has sent it what it missed. */
+interface CatchingUp {
+  since: string;
+  /** The channels the previous page had (the ones that must continue without a gap). */
+  channels: string[];
+  /** What the leader relayed meanwhile: delivered after the catch-up, in order. */
+  held: Relay[];
+  timer: ReturnType<typeof setTimeout> | null;
+}
+
 /**
  * The framework-free client. One instance per page (see `getSharedClient`); with Web Locks and
  * BroadcastChannel available, one instance per browser holds the gateway connection and the
@@ -50,40 +65,41 @@ export class SSEClient {
   readonly tabId: string;
   private readonly registry = new Registry();
   private readonly emitter = new Emitter<ClientEvents>();
+  /** Kept messages (`subscribe(…, { keep })`); `history()` reads them. */
+  private readonly kept = new History();
+  private readonly journal = new Journal();
   private state: SSEState = INITIAL_STATE;
   private conn: Connection | null = null;
+  private tabs: TabGroup | null = null;
+  private persistence: Persistence | null = null;
   private started = false;
   private closed = false;
   private flushQueued = false;
   private stateQueued = false;
   private lastEventId: string | null = null;
-  private bc: BroadcastChannelLike | null = null;
-  private lockAbort: AbortController | null = null;
-  private releaseLock: (() => void) | null = null;
-  private leaderId: string | null = null;
-  /** Other tabs' wanted channels. Authoritative on the leader; a mirror on followers, for takeover. */
-  private tabs = new Map<string, { channels: string[]; seen: number }>();
-  private heartbeat: ReturnType<typeof setInterval> | null = null;
-  /** Releases this tab's own liveness lock (held for the tab's lifetime). */
-  private releaseTabLock: (() => void) | null = null;
-  /** Leader: one queued lock request per other tab; it is granted when that tab is gone. */
-  private watchers = new Map<string, AbortController>();
+  /** The token's `sub` as far as this tab knows (its own token, or the leader's word). */
+  private sub: string | null = null;
+  /** What this page started from (null: nothing stored, or `persist: 'none'`). */
+  private restored: StoredState | null = null;
+  /** The previous page's channels, wanted for `lingerMs` after start so a late subscriber loses nothing. */
+  private lingering = new Set<string>();
+  private lingerTimer: ReturnType<typeof setTimeout> | null = null;
+  private catchingUp: CatchingUp | null = null;
+  /** Leader: catch-up requests it cannot answer yet, by tab. */
+  private pendingCatchUps = new Map<string, { since: string; channels: string[]; until: number }>();
+  private catchUpTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Leader: its stream has been open (the journal knows what it carries) since it took the lead. */
+  private journalLive = false;
   private readonly shareKey: string;
   private readonly BC: BroadcastChannelCtor | null;
   private readonly locks: LockManagerLike | null;
-  private readonly heartbeatMs: number;
   private readonly log: (...args: unknown[]) => void;
-  private readonly onPageHide = () => this.post({ t: 'bye', from: this.tabId });
-  private readonly onPageShow = (e: Event) => {
-    // Back from the back/forward cache: tell the leader again what this tab wants.
-    if ((e as PageTransitionEvent).persisted) this.post({ t: 'hello', from: this.tabId, channels: this.registry.channels() });
-  };
+  private readonly page: PageEventsLike | null;
 
   constructor(readonly options: SSEClientOptions) {
     if (!options || typeof options.getToken !== 'function') throw new Error('SSEClient: options.getToken is required');
     this.tabId = randomId();
     this.log = options.log ?? (() => {});
-    this.heartbeatMs = options.tabHeartbeatMs ?? 5000;
     const origin = typeof location !== 'undefined' ? location.origin : '';
     this.shareKey = options.shareKey ?? `sse-gateway:${absoluteUrl(options.url ?? '', origin)}`;
     const g = globalThis as unknown as {
@@ -92,6 +108,26 @@ export class SSEClient {
     };
     this.BC = options.BroadcastChannel !== undefined ? options.BroadcastChannel : (g.BroadcastChannel ?? null);
     this.locks = options.locks !== undefined ? options.locks : (g.navigator?.locks ?? null);
+    this.page = options.pageEvents !== undefined ? options.pageEvents : globalPageEvents();
+    const storage: StorageLike | null = options.storage !== undefined ? options.storage : sessionStore();
+    if ((options.persist ?? 'session') === 'session' && storage) {
+      this.persistence = new Persistence(
+        storage,
+        `${this.shareKey}#state`,
+        options.persistMaxBytes ?? DEFAULT_PERSIST_BYTES,
+        () => ({
+          cursor: this.lastEventId,
+          sub: this.sub ?? this.restored?.sub ?? null,
+          channels: this.pageChannels(),
+          tab: this.tabId,
+          keep: this.kept.limits(),
+          items: (budget) => this.kept.toJSON(budget),
+        }),
+        this.log,
+        this.page,
+      );
+      this.restore(this.persistence.load());
+    }
   }
 
   // ---- public API --------------------------------------------------------------------------
@@ -104,6 +140,7 @@ export class SSEClient {
     const list = normalizeChannels(channels);
     if (this.closed) return () => {};
     const remove = this.registry.add(list, handler as MessageHandler, options);
+    const release = options.keep ? this.kept.retain(list, options.keep) : null;
     this.scheduleFlush();
     if (options.onDenied) {
       const known = this.state.denied.filter((d) => list.includes(d.channel));
@@ -111,11 +148,26 @@ export class SSEClient {
     }
     return () => {
       remove();
+      release?.();
       this.scheduleFlush();
     };
   }
 
-  /** Client-wide events: `message`, `gap`, `denied`, `expired`, `ready`, `subscriptions`, `state`. */
+  /**
+   * The kept messages of `channels` (see `subscribe`'s `keep`), oldest first, at most `max`:
+   * after a reload, those of the previous page (with `persist`).
+   */
+  history<T = unknown>(channels: string | readonly string[], max?: number): SSEMessage<T>[] {
+    return this.kept.get(normalizeChannels(channels), max) as SSEMessage<T>[];
+  }
+
+  /** Forgets the kept messages of `channels` (here and in the stored state). */
+  clearHistory(channels: string | readonly string[]): void {
+    this.kept.clear(normalizeChannels(channels));
+    this.persistence?.changed();
+  }
+
+  /** Client-wide events: `message`, `gap`, `denied`, `expired`, `ready`, `subscriptions`, `state`, `reset`, `connection`. */
   on<K extends keyof ClientEvents>(event: K, listener: (value: ClientEvents[K]) => void): () => void {
     return this.emitter.on(event, listener);
   }
@@ -127,7 +179,7 @@ export class SSEClient {
 
   /**
    * The resume cursor: the id of the last event this tab saw, or the gateway's latest
-   * `ready.cursor` if it came after (null until the first `ready` or event).
+   * `ready.cursor` if it came after (null until the first `ready` or event, unless restored).
    */
   getLastEventId(): string | null {
     return this.lastEventId;
@@ -152,26 +204,18 @@ export class SSEClient {
   /** Stops everything; another tab takes over the connection if this one held it. */
   close(): void {
     if (this.closed) return;
+    this.persistence?.close();
     this.closed = true;
     this.conn?.stop();
     this.conn = null;
-    this.post({ t: 'bye', from: this.tabId });
-    this.releaseLock?.();
-    this.releaseLock = null;
-    this.releaseTabLock?.();
-    this.releaseTabLock = null;
-    this.lockAbort?.abort();
-    this.lockAbort = null;
-    for (const w of this.watchers.values()) w.abort();
-    this.watchers.clear();
-    this.bc?.close();
-    this.bc = null;
-    if (this.heartbeat) clearInterval(this.heartbeat);
-    this.heartbeat = null;
-    if (typeof removeEventListener === 'function') {
-      removeEventListener('pagehide', this.onPageHide);
-      removeEventListener('pageshow', this.onPageShow);
-    }
+    this.tabs?.close();
+    this.tabs = null;
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
+    if (this.catchUpTimer) clearTimeout(this.catchUpTimer);
+    this.catchUpTimer = null;
+    this.pendingCatchUps.clear();
+    this.endCatchUp();
     this.setState({ status: 'closed', connectionId: null });
   }
 
@@ -179,95 +223,94 @@ export class SSEClient {
     return this.closed;
   }
 
-  // ---- start-up and roles ------------------------------------------------------------------
+  // ---- start-up, restore, roles ------------------------------------------------------------
+
+  private restore(s: StoredState | null): void {
+    if (!s) return;
+    this.restored = s;
+    this.lastEventId = s.cursor;
+    this.kept.restore(s.items, s.keep);
+    this.registry.remember(...this.kept.ids());
+    this.lingering = new Set([...s.channels, ...Object.keys(s.items)].filter(isValidChannel));
+    this.log('sse: restored', s.cursor, Array.from(this.lingering));
+  }
 
   private start(): void {
     this.started = true;
+    if (this.lingering.size) {
+      this.lingerTimer = setTimeout(() => this.endLinger(), this.options.lingerMs ?? DEFAULT_LINGER_MS);
+    }
     const share = this.options.shareAcrossTabs !== false && this.BC !== null && this.locks !== null;
-    if (!share) {
-      this.setState({ role: 'standalone', status: 'connecting' });
-      this.startConnection(null);
-      return;
+    if (share) {
+      const tabs = new TabGroup(
+        this.tabId,
+        {
+          shareKey: this.shareKey,
+          BroadcastChannel: this.BC!,
+          locks: this.locks!,
+          heartbeatMs: this.options.tabHeartbeatMs ?? 5000,
+          lingerMs: this.options.lingerMs ?? DEFAULT_LINGER_MS,
+          page: this.page,
+          log: this.log,
+        },
+        {
+          channels: () => this.pageChannels(),
+          catchUpSince: () => this.catchingUp?.since ?? null,
+          replaces: () => this.restored?.tab || null,
+          lingerOnHide: () => (this.persistence ? this.pageChannels() : []),
+          becomeLeader: () => this.becomeLeader(),
+          othersChanged: () => this.othersChanged(),
+          catchUpRequested: (tab, since, channels) => this.catchUpFor(tab, since, channels),
+          relayed: (r) => this.relayed(r),
+          leaderState: (s, tabs) => this.followLeader(s, tabs),
+          caughtUp: (reply) => this.caughtUp(reply),
+          leaderLeft: () => this.setState({ status: 'reconnecting', connectionId: null }),
+        },
+      );
+      if (tabs.start()) {
+        this.tabs = tabs;
+        this.setState({ role: 'follower', status: 'connecting' });
+        this.beginCatchUp();
+        return;
+      }
     }
-    try {
-      this.bc = new this.BC!(this.shareKey);
-    } catch {
-      this.setState({ role: 'standalone', status: 'connecting' });
-      this.startConnection(null);
-      return;
-    }
-    this.bc.onmessage = (e: MessageEvent) => this.onTabMessage(e.data as TabMessage);
-    this.setState({ role: 'follower', status: 'connecting' });
-    this.lockAbort = typeof AbortController !== 'undefined' ? new AbortController() : null;
-    const signal = this.lockAbort?.signal;
-    // 1. A lock only this tab holds, for as long as it lives: the leader learns that a tab is gone
-    //    (closed, crashed, or frozen for good) when it is granted that lock — no timers, which
-    //    browsers throttle hard in hidden tabs.
-    this.locks!.request(this.tabLockName(this.tabId), { mode: 'exclusive', signal }, () => {
-      if (this.closed) return undefined;
-      return new Promise<void>((resolve) => {
-        this.releaseTabLock = resolve;
-        // 2. Only now announce this tab, and queue for leadership.
-        this.post({ t: 'hello', from: this.tabId, channels: this.registry.channels() });
-        this.locks!.request(this.shareKey, { mode: 'exclusive', signal }, () => {
-          if (this.closed) return undefined;
-          return new Promise<void>((release) => {
-            this.releaseLock = release;
-            this.becomeLeader();
-          });
-        }).catch(() => {
-          /* aborted by close() */
-        });
-      });
-    }).catch(() => {
-      /* aborted by close() */
-    });
-    this.heartbeat = setInterval(() => this.onHeartbeat(), this.heartbeatMs);
-    if (typeof addEventListener === 'function') {
-      addEventListener('pagehide', this.onPageHide);
-      addEventListener('pageshow', this.onPageShow);
-    }
+    this.setState({ role: 'standalone', status: 'connecting' });
+    this.startConnection(false);
   }
 
-  private tabLockName(tabId: string): string {
-    return `${this.shareKey}#tab:${tabId}`;
+  /** The channels this page wants: its subscriptions, and its previous page's while they linger. */
+  private pageChannels(): string[] {
+    if (this.lingering.size === 0) return this.registry.channels();
+    return normalizeChannels([...this.registry.channels(), ...this.lingering]);
   }
 
-  /** Leader: drop a tab's channels as soon as its liveness lock is free (it is gone). */
-  private watchTab(tabId: string): void {
-    if (!this.locks || this.watchers.has(tabId) || tabId === this.tabId) return;
-    const ac = new AbortController();
-    this.watchers.set(tabId, ac);
-    this.locks
-      .request(this.tabLockName(tabId), { mode: 'exclusive', signal: ac.signal }, () => {
-        if (this.watchers.get(tabId) === ac) this.watchers.delete(tabId);
-        if (this.closed || this.state.role !== 'leader') return;
-        this.log('sse: tab gone', tabId);
-        if (this.tabs.delete(tabId)) this.tabsChanged();
-      })
-      .catch(() => {
-        /* aborted */
-      });
+  private endLinger(): void {
+    this.lingerTimer = null;
+    if (this.closed) return;
+    this.lingering.clear();
+    this.kept.endRestored();
+    this.scheduleFlush();
   }
 
   private becomeLeader(): void {
     if (this.closed) return;
-    this.log('sse: this tab leads', this.tabId);
-    const previous = this.leaderId;
-    if (previous && previous !== this.tabId) this.tabs.delete(previous);
-    this.leaderId = this.tabId;
-    const now = Date.now();
-    for (const [id, t] of this.tabs) {
-      t.seen = now;
-      this.watchTab(id);
-    }
-    this.setState({ role: 'leader', tabs: this.tabs.size + 1 });
-    this.post({ t: 'leader', from: this.tabId });
-    this.startConnection(this.lastEventId);
+    // The gateway resumes from this tab's own cursor: whatever the old leader relayed meanwhile is replayed.
+    this.endCatchUp();
+    this.journal.reset();
+    this.journalLive = false;
+    this.pendingCatchUps.clear();
+    this.setState({ role: 'leader', tabs: this.tabs?.count() ?? 1 });
+    this.startConnection(true);
     this.broadcastState();
   }
 
-  private startConnection(resumeFrom: string | null): void {
+  private othersChanged(): void {
+    this.setState({ tabs: this.tabs?.count() ?? 1 });
+    this.conn?.channelsChanged();
+    this.broadcastState();
+  }
+
+  private startConnection(takeover: boolean): void {
     const o = this.options;
     const EventSourceCtor = o.EventSource ?? (globalThis as { EventSource?: SSEClientOptions['EventSource'] }).EventSource;
     const fetchFn = o.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
@@ -275,6 +318,7 @@ export class SSEClient {
       this.setState({ status: 'closed', error: 'EventSource/fetch are not available here' });
       return;
     }
+    if (this.lastEventId) this.journal.mark(this.lastEventId);
     this.conn = new Connection(
       {
         baseUrl: o.url ?? '',
@@ -293,47 +337,57 @@ export class SSEClient {
       },
       {
         desired: () => this.desired(),
-        onMessage: (m) => {
-          this.deliverMessage(m);
-          this.post({ t: 'msg', from: this.tabId, m });
+        onMessage: (m, size) => {
+          if (this.deliverMessage(m, true, size)) this.tabs?.relay({ k: 'msg', m });
         },
-        onReady: (info) => {
+        onReady: (info, sent) => {
+          this.trackReady(info.cursor, sent, info.channels);
           this.adoptCursor(info.cursor);
           this.emitter.emit('ready', info);
-          this.post({ t: 'ready', from: this.tabId, info });
+          this.tabs?.relay({ k: 'ready', info });
           this.broadcastState();
         },
         onGap: (channels) => {
           const gap = { channels, at: Date.now() };
+          this.journal.gap(channels);
           this.deliverGap(gap);
-          this.post({ t: 'gap', from: this.tabId, gap });
+          this.tabs?.relay({ k: 'gap', gap });
         },
         onDenied: (denied) => {
           this.deliverDenied(denied);
-          this.post({ t: 'denied', from: this.tabId, denied });
+          this.tabs?.relay({ k: 'denied', denied });
         },
         onExpired: () => {
           const at = Date.now();
           this.emitter.emit('expired', { at });
-          this.post({ t: 'expired', from: this.tabId, at });
+          this.tabs?.relay({ k: 'expired', at });
         },
         onSubscriptions: (info) => {
+          // In stream order: what follows this event is complete for the channels it lists.
+          this.journal.coverOnly(info.channels);
+          this.journal.cover(info.channels, this.journal.position());
           this.emitter.emit('subscriptions', info);
-          this.post({ t: 'subscriptions', from: this.tabId, info });
+          this.tabs?.relay({ k: 'subscriptions', info });
         },
+        onRemoving: (channels) => this.journal.uncover(channels),
+        onToken: (token) => this.learnSubject(jwtSubject(token)),
         onState: (patch) => {
           this.setState(patch);
           this.broadcastState();
         },
+        onTransition: (t: ConnectionTransition) => {
+          this.log('sse: connection', t.oldState, '->', t.newState);
+          this.emitter.emit('connection', t);
+        },
       },
     );
-    this.conn.start(resumeFrom);
+    this.conn.start(this.lastEventId, takeover);
   }
 
-  /** Union of this tab's channels and (on the leader) the other tabs'. */
+  /** Union of this page's channels and (on the leader) the other tabs'. */
   private desired(): string[] {
-    const set = new Set(this.registry.channels());
-    for (const t of this.tabs.values()) for (const c of t.channels) set.add(c);
+    const set = new Set(this.pageChannels());
+    for (const c of this.tabs?.othersChannels() ?? []) set.add(c);
     return Array.from(set).sort();
   }
 
@@ -348,6 +402,8 @@ export class SSEClient {
 
   private flush(): void {
     if (this.closed) return;
+    this.kept.gc();
+    this.persistence?.changed();
     if (!this.started) {
       if (this.registry.channels().length === 0) return;
       this.start();
@@ -355,125 +411,161 @@ export class SSEClient {
     if (this.conn) {
       this.conn.channelsChanged();
       this.broadcastState();
-    } else if (this.bc && this.releaseTabLock) {
+    } else {
       // (before the tab lock is held, the coming `hello` carries the list)
-      this.post({ t: 'subs', from: this.tabId, channels: this.registry.channels() });
-    }
-  }
-
-  /** Followers repeat what they want now and then, in case a message was lost in a leader change. */
-  private onHeartbeat(): void {
-    if (this.closed || this.state.role !== 'follower' || !this.releaseTabLock) return;
-    this.post({ t: 'subs', from: this.tabId, channels: this.registry.channels() });
-  }
-
-  private tabsChanged(): void {
-    this.setState({ tabs: this.tabs.size + 1 });
-    this.conn?.channelsChanged();
-    this.broadcastState();
-  }
-
-  // ---- tab messages ------------------------------------------------------------------------
-
-  private post(msg: TabMessage): void {
-    if (!this.bc) return;
-    try {
-      this.bc.postMessage(msg);
-    } catch (err) {
-      this.log('sse: broadcast failed', err);
+      this.tabs?.announce('subs');
     }
   }
 
   private broadcastState(): void {
-    if (this.state.role !== 'leader' || !this.bc || this.stateQueued) return;
+    if (this.state.role !== 'leader' || !this.tabs || this.stateQueued) return;
     this.stateQueued = true;
     queueMicrotask(() => {
       this.stateQueued = false;
       if (this.state.role !== 'leader' || this.closed) return;
-      const tabs: Record<string, string[]> = { [this.tabId]: this.registry.channels() };
-      for (const [id, t] of this.tabs) tabs[id] = t.channels;
-      const { status, connectionId, channels, denied, error, attempt } = this.state;
-      this.post({
-        t: 'state',
-        from: this.tabId,
-        state: { status, connectionId, channels, denied, error, attempt, tabs: this.tabs.size + 1 },
-        tabs,
-        cursor: this.lastEventId,
-      });
+      const { status, connectionId, channels, denied, error, attempt, tabs } = this.state;
+      this.tabs?.sendState({ state: { status, connectionId, channels, denied, error, attempt, tabs }, cursor: this.lastEventId, sub: this.sub });
     });
   }
 
-  private onTabMessage(msg: TabMessage): void {
-    if (this.closed || !msg || typeof msg !== 'object' || msg.from === this.tabId) return;
-    const leader = this.state.role === 'leader';
-    switch (msg.t) {
-      case 'hello':
-      case 'subs': {
-        const channels = normalizeChannels(msg.channels);
-        if (leader) {
-          const prev = this.tabs.get(msg.from);
-          this.tabs.set(msg.from, { channels, seen: Date.now() });
-          this.watchTab(msg.from);
-          if (!prev || prev.channels.join('\n') !== channels.join('\n')) this.tabsChanged();
-          else if (msg.t === 'hello') this.broadcastState();
-        } else {
-          this.tabs.set(msg.from, { channels, seen: Date.now() });
-        }
-        break;
+  // ---- coming back: the previous page's state ------------------------------------------------
+
+  /** A follower with a stored cursor asks the leader what it missed (a standalone/leader tab asks the gateway). */
+  private beginCatchUp(): void {
+    const since = this.restored?.cursor;
+    const channels = Array.from(this.lingering).sort();
+    if (!since || channels.length === 0) return;
+    const timeout = Math.max(3000, 2 * (this.options.tabHeartbeatMs ?? 5000) + 1000);
+    const c: CatchingUp = { since, channels, held: [], timer: null };
+    // A leader that never answers (e.g. an older version of this client in another tab): report a gap.
+    c.timer = setTimeout(() => {
+      if (this.catchingUp === c && !this.tabs?.isLeader) this.caughtUp({ items: [], uncovered: c.channels, cursor: null });
+    }, timeout);
+    this.catchingUp = c;
+  }
+
+  private endCatchUp(): void {
+    if (this.catchingUp?.timer) clearTimeout(this.catchingUp.timer);
+    this.catchingUp = null;
+  }
+
+  /** Leader: a tab came back with cursor `since`; it is sent what it missed on its previous page's channels. */
+  private catchUpFor(tab: string, since: string, channels: string[]): void {
+    this.pendingCatchUps.set(tab, { since, channels, until: Date.now() + CATCH_UP_WAIT_MS });
+    this.answerCatchUps();
+  }
+
+  /**
+   * Leader: answers the requests it can. Not before its stream is open (until then it does not
+   * know what the stream carries); and a cursor it has not seen may be one its stream is about to
+   * replay (the tab saw events whose relay was lost while the lead changed hands), so such a
+   * request waits a little for it before the answer says `gap`.
+   */
+  private answerCatchUps(): void {
+    if (this.catchUpTimer) clearTimeout(this.catchUpTimer);
+    this.catchUpTimer = null;
+    if (this.pendingCatchUps.size === 0 || !this.journalLive || !this.tabs) return;
+    const now = Date.now();
+    let next = Infinity;
+    for (const [tab, p] of Array.from(this.pendingCatchUps)) {
+      if (this.journal.positionOf(p.since) === undefined && now < p.until) {
+        next = Math.min(next, p.until);
+        continue;
       }
-      case 'bye':
-        if (this.tabs.delete(msg.from) && leader) this.tabsChanged();
-        this.watchers.get(msg.from)?.abort();
-        this.watchers.delete(msg.from);
-        if (!leader && msg.from === this.leaderId) {
-          this.leaderId = null;
-          this.setState({ status: 'reconnecting', connectionId: null });
-        }
-        break;
-      case 'leader':
-        if (leader) break; // cannot happen with Web Locks; ignore
-        this.leaderId = msg.from;
-        this.tabs.delete(msg.from);
-        this.post({ t: 'subs', from: this.tabId, channels: this.registry.channels() });
-        break;
-      case 'state': {
-        if (leader) break;
-        this.leaderId = msg.from;
-        this.tabs.clear();
-        const now = Date.now();
-        for (const [id, channels] of Object.entries(msg.tabs ?? {})) {
-          if (id !== this.tabId) this.tabs.set(id, { channels, seen: now });
-        }
-        if (msg.cursor) this.lastEventId = msg.cursor;
-        this.setState({ ...msg.state, role: 'follower' });
-        const mine = this.registry.channels().join('\n');
-        if (this.releaseTabLock && (msg.tabs?.[this.tabId] ?? []).join('\n') !== mine) {
-          this.post({ t: 'subs', from: this.tabId, channels: this.registry.channels() });
-        }
-        break;
-      }
+      this.pendingCatchUps.delete(tab);
+      const { items, uncovered } = this.journal.catchUp(p.since, p.channels);
+      this.tabs.sendCatchUp(tab, { items, uncovered, cursor: this.lastEventId });
+    }
+    if (next !== Infinity) this.catchUpTimer = setTimeout(() => this.answerCatchUps(), next - now);
+  }
+
+  /** Follower: the leader's answer; then what it relayed meanwhile. */
+  private caughtUp(reply: CatchUpReply): void {
+    const c = this.catchingUp;
+    if (!c) return;
+    this.endCatchUp();
+    const at = Date.now();
+    for (const item of reply.items ?? []) {
+      if ('m' in item) this.deliverMessage(item.m);
+      else this.deliverGap({ channels: item.gap, at });
+    }
+    const uncovered = (reply.uncovered ?? []).filter((ch) => c.channels.includes(ch));
+    if (uncovered.length) this.deliverGap({ channels: uncovered, at });
+    // Everything relayed before the answer is no newer than its cursor.
+    const cursor = reply.cursor;
+    for (const r of c.held) this.relayed(r, false);
+    this.adoptCursor(cursor);
+  }
+
+  // ---- relayed by the leader ---------------------------------------------------------------
+
+  private relayed(r: Relay, advance = true): void {
+    if (this.catchingUp && (r.k === 'msg' || r.k === 'gap')) {
+      this.catchingUp.held.push(r);
+      return;
+    }
+    switch (r.k) {
       case 'msg':
-        if (leader) break;
-        this.deliverMessage(msg.m);
+        this.deliverMessage(r.m, advance);
         break;
       case 'gap':
-        if (!leader) this.deliverGap(msg.gap);
+        this.deliverGap(r.gap);
         break;
       case 'denied':
-        if (!leader) this.deliverDenied(msg.denied);
+        this.deliverDenied(r.denied);
         break;
       case 'expired':
-        if (!leader) this.emitter.emit('expired', { at: msg.at });
+        this.emitter.emit('expired', { at: r.at });
         break;
       case 'ready':
-        if (leader) break;
-        this.adoptCursor(msg.info?.cursor);
-        this.emitter.emit('ready', msg.info);
+        if (!this.catchingUp) this.adoptCursor(r.info?.cursor);
+        this.emitter.emit('ready', r.info);
         break;
       case 'subscriptions':
-        if (!leader) this.emitter.emit('subscriptions', msg.info);
+        this.emitter.emit('subscriptions', r.info);
         break;
     }
+  }
+
+  private followLeader(s: LeaderState, tabs: number): void {
+    if (s.sub) this.learnSubject(s.sub);
+    if (!this.catchingUp) this.adoptCursor(s.cursor);
+    this.setState({ ...s.state, role: 'follower', tabs });
+  }
+
+  /**
+   * The user is known: stored items of another user are dropped (a shared computer, a new login
+   * in the same tab), and so is the stored cursor.
+   */
+  private learnSubject(sub: string | null): void {
+    if (!sub || sub === this.sub) return;
+    this.sub = sub;
+    const stored = this.restored?.sub;
+    if (stored && stored !== sub) {
+      this.log('sse: stored state belongs to another user: dropped');
+      this.restored = null;
+      this.kept.clearAll();
+      this.lingering.clear();
+      this.endCatchUp();
+      this.lastEventId = null;
+      this.conn?.resetCursor();
+      this.emitter.emit('reset', { at: Date.now() });
+    }
+    this.persistence?.changed();
+  }
+
+  /**
+   * Leader: which channels the new stream carries from which journal position. A stream that
+   * resumed from the cursor we sent continues the old one; any other start is a new beginning.
+   */
+  private trackReady(cursor: string | null, sent: string | null, channels: string[]): void {
+    const continued = cursor !== null && cursor === sent;
+    if (!continued) this.journal.coverOnly([]);
+    const from = cursor ? this.journal.mark(cursor) : this.journal.position();
+    this.journal.coverOnly(channels);
+    this.journal.cover(channels, from);
+    this.journalLive = true;
+    this.answerCatchUps();
   }
 
   // ---- local delivery ----------------------------------------------------------------------
@@ -485,13 +577,28 @@ export class SSEClient {
    * restart: a `gap` is sent, and the foreign cursor must not be sent again).
    */
   private adoptCursor(cursor: string | null | undefined): void {
-    if (typeof cursor === 'string' && cursor !== '') this.lastEventId = cursor;
+    if (typeof cursor === 'string' && cursor !== '' && cursor !== this.lastEventId) {
+      this.lastEventId = cursor;
+      this.persistence?.changed();
+    }
   }
 
-  private deliverMessage(m: SSEMessage): void {
-    if (!m || typeof m.channel !== 'string') return;
-    if (m.id) this.lastEventId = m.id;
-    if (this.registry.dispatch(m)) this.emitter.emit('message', m);
+  /**
+   * Delivers one message: dropped if seen before; else it moves the cursor (never a snapshot,
+   * never when `advance` is false), is kept, journaled (leader), and handed to the subscribers.
+   * Cursor and kept items change together, so the stored state always matches itself.
+   */
+  private deliverMessage(m: SSEMessage, advance = true, size = 0): boolean {
+    if (!m || typeof m.channel !== 'string') return false;
+    if (!this.registry.accept(m)) return false;
+    if (advance && m.id && !m.snapshot) this.lastEventId = m.id;
+    this.kept.record(m);
+    if (this.state.role === 'leader') this.journal.message(m, size || JSON.stringify(m).length);
+    this.persistence?.changed();
+    this.registry.route(m);
+    this.emitter.emit('message', m);
+    if (this.pendingCatchUps.size) this.answerCatchUps();
+    return true;
   }
 
   private deliverGap(gap: GapInfo): void {

@@ -1,9 +1,18 @@
+/**
+ * One gateway connection: session-cookie exchange, the EventSource, live subscription changes
+ * (`SubscriptionSync`), and reconnect with backoff + jitter from the last cursor. Its life is one
+ * `ConnectionState` at a time, changed only by `transition()`. In a multi-tab setup only the
+ * leader tab runs one of these.
+ */
 import { backoffDelay } from './backoff.js';
-import { channelError } from './channels.js';
+import { DENIAL_POLICY, Denials, fromGatewayList } from './denials.js';
 import { jwtExpiry } from './jwt.js';
+import { SubscriptionSync, type SyncOutcome, type SyncTarget } from './subsync.js';
 import type {
   BackoffOptions,
+  ConnectionState,
   ConnectionStatus,
+  ConnectionTransition,
   DeniedChannel,
   EventSourceCtor,
   EventSourceLike,
@@ -31,14 +40,34 @@ export interface ConnectionConfig {
 export interface ConnectionHooks {
   /** Every channel some subscriber (in any tab) wants. */
   desired(): string[];
-  onMessage(message: SSEMessage): void;
-  onReady(info: ReadyInfo): void;
+  /** `size`: the message's length on the wire (for bounded buffers). */
+  onMessage(message: SSEMessage, size: number): void;
+  /** `sent`: the cursor this stream was opened with (null: none). */
+  onReady(info: ReadyInfo, sent: string | null): void;
   onGap(channels: string[]): void;
   /** Newly refused channels (gateway denial, or malformed names). */
   onDenied(denied: DeniedChannel[]): void;
   onExpired(): void;
+  /** The stream's `subscriptions` event (its channel set changed, in stream order). */
   onSubscriptions(info: SubscriptionsInfo): void;
+  /** These channels are about to leave the stream. */
+  onRemoving(channels: string[]): void;
+  /** A token from the provider was accepted for use (called for each new one). */
+  onToken(token: string): void;
   onState(patch: Partial<SSEState>): void;
+  onTransition(t: ConnectionTransition): void;
+}
+
+const CLOSED = 2;
+/** An expiry within this many ms after `ready` counts as a failed attempt (guards against refresh loops). */
+const EXPIRY_LOOP_MS = 2000;
+/** Tokens this close to `exp` are refreshed before use. */
+const TOKEN_MARGIN_MS = 5000;
+
+/** One state and what it owns: leaving it aborts `signal`, so work started in it stops. */
+interface Phase {
+  readonly state: ConnectionState;
+  readonly abort: AbortController;
 }
 
 class HttpError extends Error {
@@ -50,44 +79,39 @@ class HttpError extends Error {
   }
 }
 
-const CLOSED = 2;
-/** An expiry within this many ms after `ready` counts as a failed attempt (guards against refresh loops). */
-const EXPIRY_LOOP_MS = 2000;
-/** Tokens this close to `exp` are refreshed before use. */
-const TOKEN_MARGIN_MS = 5000;
-
-/**
- * One gateway connection: session-cookie exchange, the EventSource, live subscription changes
- * through `POST /api/sse/subscriptions`, and reconnect with backoff + jitter from the last cursor.
- * In a multi-tab setup only the leader tab runs one of these.
- */
 export class Connection {
+  private phase: Phase = { state: 'idle', abort: new AbortController() };
   private es: EventSourceLike | null = null;
-  private gen = 0;
-  private stopped = true;
-  private status: ConnectionStatus = 'idle';
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  /** True once the stream was opened before (or started from a cursor): status says `reconnecting`. */
+  private resumed = false;
   private token: string | null = null;
   private tokenStale = false;
   private tokenReason: TokenReason = 'initial';
   private tokenPromise: Promise<string> | null = null;
   private connectionId: string | null = null;
   private granted = new Set<string>();
-  private denied = new Map<string, string>();
+  private readonly denials = new Denials();
   private lastEventId: string | null = null;
   private attempt = 0;
   private connects = 0;
   private openedAt = 0;
-  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
-  private reconcileTimer: ReturnType<typeof setTimeout> | null = null;
-  private reconcileQueued = false;
-  private reconcileInflight = false;
-  private reconcileDirty = false;
-  private reconcileFailures = 0;
+  private readonly sync: SubscriptionSync;
 
   constructor(
     private readonly cfg: ConnectionConfig,
     private readonly hooks: ConnectionHooks,
-  ) {}
+  ) {
+    this.sync = new SubscriptionSync(
+      { target: () => this.syncTarget(), send: (t, add, remove, signal) => this.sendChanges(t, add, remove, signal) },
+      cfg.backoff,
+      cfg.random,
+    );
+  }
+
+  get state(): ConnectionState {
+    return this.phase.state;
+  }
 
   get cursor(): string | null {
     return this.lastEventId;
@@ -98,120 +122,282 @@ export class Connection {
   }
 
   get running(): boolean {
-    return !this.stopped;
+    return this.phase.state !== 'idle' && this.phase.state !== 'stopped';
   }
 
-  /** Opens the stream; `resumeFrom` is a cursor to resume after (e.g. when taking over from another tab). */
-  start(resumeFrom: string | null = null): void {
-    if (!this.stopped) return;
-    this.stopped = false;
+  /**
+   * Opens the stream; `resumeFrom` is a cursor to resume after (taking over from another tab, or
+   * restored from the previous page). `takeover`: this tab takes over a connection another tab
+   * held (the status says `reconnecting`, not `connecting`).
+   */
+  start(resumeFrom: string | null = null, takeover = resumeFrom !== null): void {
+    if (this.phase.state !== 'idle') return;
     if (resumeFrom) this.lastEventId = resumeFrom;
-    this.setStatus(resumeFrom ? 'reconnecting' : 'connecting');
-    this.markInvalid();
-    void this.open();
+    if (takeover) this.resumed = true;
+    this.refuseMalformed();
+    void this.connect();
+  }
+
+  /** Forgets the resume cursor (the next stream starts at the log's head). */
+  resetCursor(): void {
+    this.lastEventId = null;
   }
 
   stop(): void {
-    this.stopped = true;
-    this.gen++;
-    this.closeEventSource();
-    this.clearTimers();
-    this.connectionId = null;
-    this.granted.clear();
-    this.setStatus('closed', { connectionId: null, channels: [] });
+    if (this.phase.state === 'stopped') return;
+    this.transition('stopped', { connectionId: null, channels: [] });
   }
 
   /** Drops the current stream and opens a new one at once (same cursor). */
   reconnectNow(): void {
-    if (this.stopped) return;
-    this.clearTimers();
-    this.setStatus('reconnecting');
-    void this.open();
+    if (!this.running) return;
+    this.resumed = true;
+    void this.connect();
   }
 
   /** The set of wanted channels changed: sync it with the gateway (batched in a microtask). */
   channelsChanged(): void {
-    if (this.stopped) return;
-    const desired = new Set(this.hooks.desired());
-    let changed = false;
-    for (const ch of Array.from(this.denied.keys())) {
-      if (!desired.has(ch)) {
-        this.denied.delete(ch);
-        changed = true;
-      }
+    if (!this.running) return;
+    const forgot = this.denials.keepOnly(new Set(this.hooks.desired()));
+    if (!this.refuseMalformed() && forgot) this.emitDenied();
+    this.sync.request();
+  }
+
+  // ---- the state machine -------------------------------------------------------------------
+
+  /**
+   * The only place the state changes. Leaving a state undoes what it owned: its async work
+   * (aborted), the EventSource (leaving `connecting`/`open`), the stream's subscription sync
+   * (leaving `open`), the backoff timer (leaving `waiting`).
+   */
+  private transition(next: ConnectionState, patch: Partial<SSEState> = {}): Phase {
+    const old = this.phase;
+    old.abort.abort();
+    const streaming = (s: ConnectionState) => s === 'connecting' || s === 'open';
+    if (streaming(old.state) && !(old.state === 'connecting' && next === 'open')) this.closeEventSource();
+    if (old.state === 'open') this.sync.reset();
+    if (old.state === 'waiting' && this.timer) {
+      clearTimeout(this.timer);
+      this.timer = null;
     }
-    if (this.markInvalid() || changed) this.emitDeniedState();
-    if (this.reconcileQueued) return;
-    this.reconcileQueued = true;
-    queueMicrotask(() => {
-      this.reconcileQueued = false;
-      void this.reconcile();
+    if (next !== 'open') this.connectionId = null;
+    if (next === 'stopped') this.granted.clear();
+    this.phase = { state: next, abort: new AbortController() };
+    this.hooks.onState({ status: this.statusOf(next), ...(next === 'open' ? {} : { connectionId: null }), ...patch });
+    this.hooks.onTransition({ newState: next, oldState: old.state });
+    if (next === 'open' || next === 'waiting') this.resumed = true;
+    return this.phase;
+  }
+
+  private statusOf(state: ConnectionState): ConnectionStatus {
+    switch (state) {
+      case 'idle':
+        return 'idle';
+      case 'open':
+        return 'open';
+      case 'waiting':
+        return 'reconnecting';
+      case 'stopped':
+        return 'closed';
+      default:
+        return this.resumed ? 'reconnecting' : 'connecting';
+    }
+  }
+
+  // ---- one attempt: authorizing -> connecting -> open ----------------------------------------
+
+  private async connect(): Promise<void> {
+    const phase = this.transition('authorizing');
+    try {
+      await this.exchangeSession(phase.abort.signal);
+    } catch (err) {
+      if (!phase.abort.signal.aborted) this.waitAndRetry(errMessage(err));
+      return;
+    }
+    if (phase.abort.signal.aborted) return;
+
+    const requested = this.wanted(true);
+    const params = new URLSearchParams();
+    for (const ch of requested) params.append('channels', ch);
+    const sent = this.lastEventId;
+    if (sent) params.set('last_event_id', sent);
+    const qs = params.toString();
+    const url = this.url(this.cfg.paths.sse) + (qs ? `?${qs}` : '');
+    this.cfg.log('sse: open', url);
+
+    let es: EventSourceLike;
+    try {
+      es = new this.cfg.EventSource(url, { withCredentials: this.cfg.withCredentials });
+    } catch (err) {
+      this.waitAndRetry(errMessage(err));
+      return;
+    }
+    this.transition('connecting');
+    this.es = es;
+    this.connects++;
+    this.hooks.onState({ connects: this.connects });
+    this.listen(es, url, requested, sent);
+  }
+
+  /**
+   * Wires the EventSource. Every handler goes through `ours`: events of a stream this connection
+   * has since closed are ignored.
+   */
+  private listen(es: EventSourceLike, url: string, requested: string[], sent: string | null): void {
+    const ours =
+      <E>(fn: (e: E) => void) =>
+      (e: E) => {
+        if (this.es === es) fn(e);
+      };
+
+    es.addEventListener('ready', ours((e) => this.onReady(e, sent)));
+    es.addEventListener(
+      'gap',
+      ours((e) => {
+        const info = parse<{ channels?: string[] }>(e.data) ?? {};
+        this.hooks.onGap(info.channels ?? Array.from(this.granted));
+      }),
+    );
+    es.addEventListener(
+      'subscriptions',
+      ours((e) => {
+        const info = parse<{ channels?: string[]; denied?: unknown[] }>(e.data);
+        if (!info) return;
+        const channels = info.channels ?? [];
+        const denied = fromGatewayList(info.denied);
+        this.setGranted(channels);
+        const fresh = this.denials.add(denied);
+        this.hooks.onState({ channels: this.grantedList(), denied: this.denials.list() });
+        this.hooks.onSubscriptions({ channels, denied });
+        if (fresh.length) this.hooks.onDenied(fresh);
+      }),
+    );
+    es.addEventListener(
+      'expired',
+      ours(() => {
+        this.tokenStale = true;
+        this.tokenReason = 'expired';
+        const established = this.phase.state === 'open' && Date.now() - this.openedAt > EXPIRY_LOOP_MS;
+        this.closeEventSource();
+        this.hooks.onExpired();
+        if (established) void this.connect();
+        else this.waitAndRetry('token expired');
+      }),
+    );
+    es.onmessage = ours((e: MessageEvent) => {
+      const msg = parse<SSEMessage>(e.data);
+      if (!msg || typeof msg.channel !== 'string') return;
+      if (msg.snapshot === true) {
+        // The channel's latest event, sent ahead of the live ones: no cursor to resume from (the
+        // EventSource's lastEventId is still the previous event's).
+        if (typeof msg.id !== 'string') msg.id = '';
+      } else {
+        delete msg.snapshot;
+        const id = (e.lastEventId as string | undefined) || msg.id;
+        if (!msg.id && id) msg.id = id;
+        if (id) this.lastEventId = id;
+      }
+      this.hooks.onMessage(msg, (e.data as string).length);
+    });
+    es.onerror = ours(() => {
+      const refused = es.readyState === CLOSED && this.phase.state === 'connecting';
+      this.closeEventSource();
+      if (refused) void this.diagnose(url, requested);
+      else this.waitAndRetry('connection lost');
     });
   }
 
-  // ---- internals -------------------------------------------------------------------------
-
-  private url(path: string): string {
-    return this.cfg.baseUrl.replace(/\/+$/, '') + path;
+  private onReady(e: MessageEvent, sent: string | null): void {
+    const info = parse<{ connection_id?: string; cursor?: string | null; channels?: string[]; denied?: unknown[] }>(e.data);
+    if (!info || typeof info.connection_id !== 'string') return;
+    const cursor = typeof info.cursor === 'string' && info.cursor !== '' ? info.cursor : null;
+    // The stream is complete after `cursor`: it becomes the resume point. It is the cursor we
+    // sent when the gateway knows it (so it never moves ours backwards), else the log's head
+    // (we had none, or a foreign one, e.g. the gateway restarted: `gap` follows). Adopting it
+    // always means a reconnect before the first event misses nothing and a foreign cursor is
+    // not sent again (which would report another gap). A null cursor changes nothing.
+    if (cursor) this.lastEventId = cursor;
+    const channels = info.channels ?? [];
+    const denied = fromGatewayList(info.denied);
+    this.setGranted(channels);
+    const fresh = this.denials.add(denied);
+    this.attempt = 0;
+    this.openedAt = Date.now();
+    this.connectionId = info.connection_id;
+    this.transition('open', {
+      connectionId: info.connection_id,
+      channels: this.grantedList(),
+      denied: this.denials.list(),
+      attempt: 0,
+      error: null,
+    });
+    this.hooks.onReady({ connection_id: info.connection_id, cursor, channels, denied }, sent);
+    if (fresh.length) this.hooks.onDenied(fresh);
+    // Subscribers that came or went while connecting.
+    this.sync.request();
   }
 
-  private setStatus(status: ConnectionStatus, extra: Partial<SSEState> = {}): void {
-    this.status = status;
-    this.hooks.onState({ status, ...extra });
-  }
-
-  private emitDeniedState(): void {
-    this.hooks.onState({ denied: this.deniedList() });
-  }
-
-  private deniedList(): DeniedChannel[] {
-    return Array.from(this.denied, ([channel, reason]) => ({ channel, reason })).sort((a, b) =>
-      a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : 0,
-    );
-  }
-
-  /** Marks malformed wanted channels as denied locally; returns true if any was new. */
-  private markInvalid(): boolean {
-    const fresh: DeniedChannel[] = [];
-    for (const ch of this.hooks.desired()) {
-      if (this.denied.has(ch)) continue;
-      const err = channelError(ch);
-      if (err) {
-        const reason = `invalid channel: ${err}`;
-        this.denied.set(ch, reason);
-        fresh.push({ channel: ch, reason });
+  /**
+   * The EventSource failed before `ready` and will not retry by itself (a non-200 answer).
+   * EventSource hides the status, so ask once with fetch to decide what to do.
+   */
+  private async diagnose(url: string, requested: string[]): Promise<void> {
+    const phase = this.transition('diagnosing');
+    const signal = phase.abort.signal;
+    let status = 0;
+    let msg = '';
+    let retryAfter = 0;
+    const probe = new AbortController();
+    signal.addEventListener('abort', () => probe.abort());
+    try {
+      const token = await this.ensureToken();
+      const res = await this.cfg.fetch(url, {
+        headers: { Accept: 'text/event-stream', Authorization: `Bearer ${token}` },
+        credentials: 'include',
+        signal: probe.signal,
+      });
+      status = res.status;
+      if (res.ok) probe.abort();
+      else {
+        msg = await errorText(res);
+        retryAfter = Number(res.headers.get('Retry-After')) || 0;
       }
+    } catch {
+      status = 0;
     }
-    if (fresh.length) {
-      this.emitDeniedState();
-      this.hooks.onDenied(fresh);
-    }
-    return fresh.length > 0;
-  }
-
-  private wanted(): string[] {
-    return this.hooks
-      .desired()
-      .filter((c) => !this.denied.has(c))
-      .sort();
-  }
-
-  private closeEventSource(): void {
-    if (this.es) {
-      this.es.onmessage = null;
-      this.es.onerror = null;
-      this.es.onopen = null;
-      this.es.close();
-      this.es = null;
+    if (signal.aborted) return;
+    this.cfg.log('sse: connect failed', status, msg);
+    if (status === 401) {
+      this.tokenStale = true;
+      this.tokenReason = 'unauthorized';
+      this.waitAndRetry(`unauthorized: ${msg}`);
+    } else if ((status === 403 || status === 400) && requested.length > 0) {
+      const reason = status === 403 ? msg || 'forbidden' : `rejected: ${msg || 'bad request'}`;
+      const fresh = this.denials.add(requested.map((channel) => ({ channel, reason, source: 'server' as const })));
+      this.emitDenied();
+      if (fresh.length) this.hooks.onDenied(fresh);
+      // Reconnect without the refused channels (the connection still serves later subscriptions).
+      this.waitAndRetry(`${status}: ${msg}`, 0, false);
+    } else if (status === 429) {
+      this.waitAndRetry(`too many connections: ${msg}`, retryAfter * 1000);
+    } else {
+      this.waitAndRetry(status ? `${status}: ${msg}` : 'connection failed');
     }
   }
 
-  private clearTimers(): void {
-    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
-    if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
-    this.reconnectTimer = null;
-    this.reconcileTimer = null;
+  private waitAndRetry(error: string, minDelay = 0, countAttempt = true): void {
+    if (!this.running) return;
+    const delay = countAttempt ? Math.max(minDelay, backoffDelay(this.attempt, this.cfg.backoff, this.cfg.random)) : minDelay;
+    if (countAttempt) this.attempt++;
+    this.cfg.log('sse: reconnect in', delay, 'ms:', error);
+    const phase = this.transition('waiting', { attempt: this.attempt, error });
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (this.phase === phase) void this.connect();
+    }, delay);
   }
+
+  // ---- tokens and the session cookie ---------------------------------------------------------
 
   private async ensureToken(): Promise<string> {
     if (this.token && !this.tokenStale) {
@@ -227,8 +413,9 @@ export class Connection {
           if (typeof t !== 'string' || t.length === 0) throw new Error('token provider returned no token');
           if (t !== this.token && this.token !== null) {
             // A new token may grant channels the old one did not: ask again.
-            for (const [ch, why] of Array.from(this.denied)) if (!why.startsWith('invalid')) this.denied.delete(ch);
+            if (this.denials.forgetWhere((p) => p.retryWithNewToken)) this.emitDenied();
           }
+          if (t !== this.token) this.hooks.onToken(t);
           this.token = t;
           this.tokenStale = false;
           this.tokenReason = 'expired';
@@ -241,285 +428,123 @@ export class Connection {
     return this.tokenPromise;
   }
 
-  private async exchangeSession(gen: number): Promise<void> {
+  private async exchangeSession(signal: AbortSignal): Promise<void> {
     for (let round = 0; round < 2; round++) {
       const token = await this.ensureToken();
-      if (gen !== this.gen) return;
+      if (signal.aborted) return;
       const res = await this.cfg.fetch(this.url(this.cfg.paths.session), {
         method: 'POST',
         headers: { Authorization: `Bearer ${token}` },
         credentials: 'include',
+        signal,
       });
       if (res.ok) return;
       const msg = await errorText(res);
-      if (res.status === 401 && round === 0) {
-        this.tokenStale = true;
-        this.tokenReason = 'unauthorized';
-        continue;
-      }
       if (res.status === 401) {
         this.tokenStale = true;
         this.tokenReason = 'unauthorized';
+        if (round === 0) continue;
       }
       throw new HttpError(res.status, `session: ${res.status} ${msg}`);
     }
   }
 
-  private async open(): Promise<void> {
-    const gen = ++this.gen;
-    this.closeEventSource();
-    this.connectionId = null;
-    try {
-      await this.exchangeSession(gen);
-    } catch (err) {
-      if (gen !== this.gen) return;
-      this.scheduleReconnect(errMessage(err));
-      return;
-    }
-    if (gen !== this.gen || this.stopped) return;
+  // ---- live subscription changes ---------------------------------------------------------------
 
-    const requested = this.wanted();
-    const params = new URLSearchParams();
-    for (const ch of requested) params.append('channels', ch);
-    if (this.lastEventId) params.set('last_event_id', this.lastEventId);
-    const qs = params.toString();
-    const url = this.url(this.cfg.paths.sse) + (qs ? `?${qs}` : '');
-    this.cfg.log('sse: open', url);
-
-    let es: EventSourceLike;
-    try {
-      es = new this.cfg.EventSource(url, { withCredentials: this.cfg.withCredentials });
-    } catch (err) {
-      this.scheduleReconnect(errMessage(err));
-      return;
-    }
-    this.es = es;
-    this.connects++;
-    this.hooks.onState({ connects: this.connects });
-    let gotReady = false;
-
-    es.addEventListener('ready', (e) => {
-      if (gen !== this.gen) return;
-      const info = parse<ReadyInfo>(e.data);
-      if (!info) return;
-      gotReady = true;
-      const cursor = typeof info.cursor === 'string' && info.cursor !== '' ? info.cursor : null;
-      // The stream is complete after `cursor`: it becomes the resume point. It is the cursor we
-      // sent when the gateway knows it (so it never moves ours backwards), else the log's head
-      // (we had none, or a foreign one, e.g. the gateway restarted: `gap` follows). Adopting it
-      // always means a reconnect before the first event misses nothing and a foreign cursor is
-      // not sent again (which would report another gap). A null cursor changes nothing.
-      if (cursor) this.lastEventId = cursor;
-      this.connectionId = info.connection_id;
-      this.granted = new Set(info.channels ?? []);
-      const fresh = this.absorbDenied(info.denied ?? []);
-      this.attempt = 0;
-      this.reconcileFailures = 0;
-      this.openedAt = Date.now();
-      this.setStatus('open', {
-        connectionId: this.connectionId,
-        channels: Array.from(this.granted).sort(),
-        denied: this.deniedList(),
-        attempt: 0,
-        error: null,
-      });
-      this.hooks.onReady({ connection_id: info.connection_id, cursor, channels: info.channels ?? [], denied: info.denied ?? [] });
-      if (fresh.length) this.hooks.onDenied(fresh);
-      // Subscribers that came or went while connecting.
-      void this.reconcile();
-    });
-
-    es.addEventListener('gap', (e) => {
-      if (gen !== this.gen) return;
-      const info = parse<{ channels?: string[] }>(e.data) ?? {};
-      this.hooks.onGap(info.channels ?? Array.from(this.granted));
-    });
-
-    es.addEventListener('subscriptions', (e) => {
-      if (gen !== this.gen) return;
-      const info = parse<SubscriptionsInfo>(e.data);
-      if (!info) return;
-      this.granted = new Set(info.channels ?? []);
-      const fresh = this.absorbDenied(info.denied ?? []);
-      this.hooks.onState({ channels: Array.from(this.granted).sort(), denied: this.deniedList() });
-      this.hooks.onSubscriptions({ channels: info.channels ?? [], denied: info.denied ?? [] });
-      if (fresh.length) this.hooks.onDenied(fresh);
-    });
-
-    es.addEventListener('expired', () => {
-      if (gen !== this.gen) return;
-      this.closeEventSource();
-      this.tokenStale = true;
-      this.tokenReason = 'expired';
-      this.hooks.onExpired();
-      const quick = gotReady && Date.now() - this.openedAt > EXPIRY_LOOP_MS;
-      if (quick) {
-        this.setStatus('reconnecting', { connectionId: null });
-        void this.open();
-      } else {
-        this.scheduleReconnect('token expired');
-      }
-    });
-
-    es.onmessage = (e: MessageEvent) => {
-      if (gen !== this.gen) return;
-      const msg = parse<SSEMessage>(e.data);
-      if (!msg || typeof msg.channel !== 'string') return;
-      const id = (e.lastEventId as string | undefined) || msg.id;
-      if (!msg.id && id) msg.id = id;
-      if (id) this.lastEventId = id;
-      this.hooks.onMessage(msg);
-    };
-
-    es.onerror = () => {
-      if (gen !== this.gen) return;
-      const fatal = es.readyState === CLOSED;
-      this.closeEventSource();
-      this.connectionId = null;
-      if (fatal && !gotReady) {
-        void this.diagnose(url, requested, gen);
-      } else {
-        this.scheduleReconnect('connection lost');
-      }
-    };
+  private syncTarget(): SyncTarget | null {
+    if (this.phase.state !== 'open' || !this.connectionId) return null;
+    return { connectionId: this.connectionId, granted: this.granted, wanted: this.wanted(false) };
   }
 
-  /** Records refusals; returns the ones not known before. */
-  private absorbDenied(list: DeniedChannel[]): DeniedChannel[] {
-    const fresh: DeniedChannel[] = [];
-    for (const d of list) {
-      if (!d || typeof d.channel !== 'string') continue;
-      const reason = d.reason || 'denied';
-      if (this.denied.get(d.channel) !== reason) fresh.push({ channel: d.channel, reason });
-      this.denied.set(d.channel, reason);
+  private async sendChanges(target: SyncTarget, add: string[], remove: string[], signal: AbortSignal): Promise<SyncOutcome> {
+    if (remove.length) this.hooks.onRemoving(remove);
+    const token = await this.ensureToken();
+    if (signal.aborted) return 'abandon';
+    const res = await this.cfg.fetch(this.url(this.cfg.paths.subscriptions), {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+      body: JSON.stringify({ connection_id: target.connectionId, add, remove }),
+      credentials: 'include',
+      signal,
+    });
+    if (signal.aborted) return 'abandon';
+    if (res.ok) {
+      const info = (await res.json()) as { channels?: string[]; denied?: unknown[] };
+      if (signal.aborted) return 'abandon';
+      this.setGranted(info.channels ?? []);
+      const fresh = this.denials.add(fromGatewayList(info.denied));
+      this.hooks.onState({ channels: this.grantedList(), denied: this.denials.list() });
+      if (fresh.length) this.hooks.onDenied(fresh);
+      return 'done';
     }
-    return fresh;
-  }
-
-  /**
-   * The EventSource failed before `ready` and will not retry by itself (a non-200 answer).
-   * EventSource hides the status, so ask once with fetch to decide what to do.
-   */
-  private async diagnose(url: string, requested: string[], gen: number): Promise<void> {
-    let status = 0;
-    let msg = '';
-    let retryAfter = 0;
-    const ctrl = typeof AbortController !== 'undefined' ? new AbortController() : null;
-    try {
-      const token = await this.ensureToken();
-      const res = await this.cfg.fetch(url, {
-        headers: { Accept: 'text/event-stream', Authorization: `Bearer ${token}` },
-        credentials: 'include',
-        signal: ctrl?.signal,
-      });
-      status = res.status;
-      if (res.ok) ctrl?.abort();
-      else {
-        msg = await errorText(res);
-        retryAfter = Number(res.headers.get('Retry-After')) || 0;
-      }
-    } catch {
-      status = 0;
+    if (res.status === 404 || res.status === 403) {
+      // The connection is gone (or is not ours any more): a new one carries the full list.
+      this.reconnectNow();
+      return 'abandon';
     }
-    if (gen !== this.gen || this.stopped) return;
-    this.cfg.log('sse: connect failed', status, msg);
-    if (status === 401) {
+    if (res.status === 401) {
       this.tokenStale = true;
       this.tokenReason = 'unauthorized';
-      this.scheduleReconnect(`unauthorized: ${msg}`);
-    } else if ((status === 403 || status === 400) && requested.length > 0) {
-      const reason = status === 403 ? msg || 'forbidden' : `rejected: ${msg || 'bad request'}`;
-      const fresh = this.absorbDenied(requested.map((channel) => ({ channel, reason })));
-      this.emitDeniedState();
+      return 'retry';
+    }
+    if (res.status === 400) {
+      const msg = await errorText(res);
+      const fresh = this.denials.add(add.map((channel) => ({ channel, reason: `rejected: ${msg}`, source: 'server' as const })));
+      this.emitDenied();
       if (fresh.length) this.hooks.onDenied(fresh);
-      // Reconnect without the refused channels (the connection still serves later subscriptions).
-      this.scheduleReconnect(`${status}: ${msg}`, 0, false);
-    } else if (status === 429) {
-      this.scheduleReconnect(`too many connections: ${msg}`, retryAfter * 1000);
-    } else {
-      this.scheduleReconnect(status ? `${status}: ${msg}` : 'connection failed');
+      return remove.length ? 'retry' : 'done';
     }
+    return 'retry';
   }
 
-  private scheduleReconnect(error: string, minDelay = 0, countAttempt = true): void {
-    if (this.stopped) return;
-    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
-    const delay = countAttempt ? Math.max(minDelay, backoffDelay(this.attempt, this.cfg.backoff, this.cfg.random)) : minDelay;
-    if (countAttempt) this.attempt++;
-    this.cfg.log('sse: reconnect in', delay, 'ms:', error);
-    this.setStatus('reconnecting', { connectionId: null, attempt: this.attempt, error });
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = null;
-      void this.open();
-    }, delay);
+  // ---- bookkeeping -----------------------------------------------------------------------------
+
+  private url(path: string): string {
+    return this.cfg.baseUrl.replace(/\/+$/, '') + path;
   }
 
-  private async reconcile(): Promise<void> {
-    if (this.stopped || this.status !== 'open' || !this.connectionId) return;
-    if (this.reconcileInflight) {
-      this.reconcileDirty = true;
-      return;
-    }
-    const desired = new Set(this.wanted());
-    const add = Array.from(desired).filter((c) => !this.granted.has(c));
-    const remove = Array.from(this.granted).filter((c) => !desired.has(c));
-    if (add.length === 0 && remove.length === 0) return;
+  /** The channels to ask for: wanted minus refused (a new stream asks again where the policy says so). */
+  private wanted(newStream: boolean): string[] {
+    return this.hooks
+      .desired()
+      .filter((c) => {
+        const d = this.denials.get(c);
+        return !d || (newStream && DENIAL_POLICY[d.source].retryOnNewStream);
+      })
+      .sort();
+  }
 
-    const gen = this.gen;
-    const connectionId = this.connectionId;
-    this.reconcileInflight = true;
-    let retry = false;
-    try {
-      const token = await this.ensureToken();
-      if (gen !== this.gen) return;
-      const res = await this.cfg.fetch(this.url(this.cfg.paths.subscriptions), {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
-        body: JSON.stringify({ connection_id: connectionId, add, remove }),
-        credentials: 'include',
-      });
-      if (gen !== this.gen) return;
-      if (res.ok) {
-        const info = (await res.json()) as SubscriptionsInfo;
-        if (gen !== this.gen) return;
-        this.reconcileFailures = 0;
-        this.granted = new Set(info.channels ?? []);
-        const fresh = this.absorbDenied(info.denied ?? []);
-        this.hooks.onState({ channels: Array.from(this.granted).sort(), denied: this.deniedList() });
-        if (fresh.length) this.hooks.onDenied(fresh);
-      } else if (res.status === 404 || res.status === 403) {
-        // The connection is gone (or is not ours any more): a new one carries the full list.
-        this.reconnectNow();
-      } else if (res.status === 401) {
-        this.tokenStale = true;
-        this.tokenReason = 'unauthorized';
-        retry = true;
-      } else if (res.status === 400) {
-        const msg = await errorText(res);
-        const fresh = this.absorbDenied(add.map((channel) => ({ channel, reason: `rejected: ${msg}` })));
-        this.emitDeniedState();
-        if (fresh.length) this.hooks.onDenied(fresh);
-        if (remove.length) retry = true;
-      } else {
-        retry = true;
-      }
-    } catch (err) {
-      this.cfg.log('sse: subscriptions failed', err);
-      retry = true;
-    } finally {
-      this.reconcileInflight = false;
+  private setGranted(channels: readonly string[]): void {
+    this.granted = new Set(channels);
+    // A channel granted now is no longer refused (e.g. asked again with a new token).
+    this.denials.forget(channels);
+  }
+
+  private grantedList(): string[] {
+    return Array.from(this.granted).sort();
+  }
+
+  private emitDenied(): void {
+    this.hooks.onState({ denied: this.denials.list() });
+  }
+
+  /** Refuses malformed wanted channels locally; returns true if any was new. */
+  private refuseMalformed(): boolean {
+    const fresh = this.denials.refuseMalformed(this.hooks.desired());
+    if (fresh.length) {
+      this.emitDenied();
+      this.hooks.onDenied(fresh);
     }
-    if (gen !== this.gen || this.stopped) return;
-    if (retry) {
-      const delay = backoffDelay(this.reconcileFailures++, this.cfg.backoff, this.cfg.random);
-      if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
-      this.reconcileTimer = setTimeout(() => {
-        this.reconcileTimer = null;
-        void this.reconcile();
-      }, delay);
-    } else if (this.reconcileDirty) {
-      this.reconcileDirty = false;
-      void this.reconcile();
+    return fresh.length > 0;
+  }
+
+  private closeEventSource(): void {
+    if (this.es) {
+      this.es.onmessage = null;
+      this.es.onerror = null;
+      this.es.onopen = null;
+      this.es.close();
+      this.es = null;
     }
   }
 }

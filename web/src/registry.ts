@@ -61,17 +61,36 @@ export class Registry {
    * duplicate (same cursor seen recently) and was dropped.
    */
   dispatch(message: SSEMessage): boolean {
-    if (message.id) {
-      if (this.recentIds.has(message.id)) return false;
-      this.recentIds.add(message.id);
-      this.recentOrder.push(message.id);
-      if (this.recentOrder.length > this.dedupeWindow) {
-        const old = this.recentOrder.splice(0, this.recentOrder.length - this.dedupeWindow);
-        for (const id of old) this.recentIds.delete(id);
-      }
+    if (!this.accept(message)) return false;
+    this.route(message);
+    return true;
+  }
+
+  /** Remembers the message's id; false when it was seen recently (a duplicate, to be dropped). */
+  accept(message: SSEMessage): boolean {
+    if (!message.id) return true;
+    if (this.recentIds.has(message.id)) return false;
+    this.remember(message.id);
+    return true;
+  }
+
+  /** Ids already delivered (e.g. restored from storage), so a replay of them is dropped. */
+  remember(...ids: string[]): void {
+    for (const id of ids) {
+      if (!id || this.recentIds.has(id)) continue;
+      this.recentIds.add(id);
+      this.recentOrder.push(id);
     }
+    if (this.recentOrder.length > this.dedupeWindow) {
+      const old = this.recentOrder.splice(0, this.recentOrder.length - this.dedupeWindow);
+      for (const id of old) this.recentIds.delete(id);
+    }
+  }
+
+  /** Hands a message to the handlers of its channel (no duplicate check). */
+  route(message: SSEMessage): void {
     const set = this.byChannel.get(message.channel);
-    if (!set) return true;
+    if (!set) return;
     for (const entry of Array.from(set)) {
       try {
         entry.handler(message);
@@ -79,7 +98,6 @@ export class Registry {
         reportError(err);
       }
     }
-    return true;
   }
 
   dispatchGap(gap: GapInfo): void {

@@ -10,6 +10,12 @@ export interface SSEMessage<T = unknown> {
   ts: number;
   /** The published JSON value. */
   payload: T;
+  /**
+   * True for a channel's latest event sent ahead of the live ones (a fresh stream, a channel added
+   * live, or after `gap`, on channel types configured with `snapshot`). It carries no cursor: the
+   * client never resumes from it. `id` is then the original event's id when the gateway sent one, else ''.
+   */
+  snapshot?: boolean;
 }
 
 /**
@@ -30,9 +36,23 @@ export type ConnectionStatus = 'idle' | 'connecting' | 'open' | 'reconnecting' |
  */
 export type TabRole = 'pending' | 'standalone' | 'leader' | 'follower';
 
+/**
+ * Who refused a channel. Decides what the client does next (see `DENIAL_POLICY`), so nothing
+ * depends on the wording of `reason`:
+ * - `client`: refused here, before asking the gateway (a malformed name); never retried.
+ * - `token`: the gateway says the token does not grant it; retried with the next new token.
+ * - `authorizer`: the app's permission service refused it (or could not be asked); retried with a
+ *   new token and on every new stream.
+ * - `server`: any other refusal by the gateway (e.g. a limit); retried with the next new token.
+ * The gateway's `denied` entries may carry a `source`; one without (or with an unknown one) is `server`.
+ */
+export type DenialSource = 'client' | 'token' | 'authorizer' | 'server';
+
 export interface DeniedChannel {
   channel: string;
+  /** Human-readable, for display. */
   reason: string;
+  source: DenialSource;
 }
 
 export interface GapInfo {
@@ -40,6 +60,13 @@ export interface GapInfo {
   channels: string[];
   /** Local time (ms) the gap was reported. */
   at: number;
+}
+
+/** A refusal as the gateway sends it (`ready.denied`, the subscriptions answer). */
+export interface GatewayDenial {
+  channel: string;
+  reason: string;
+  source?: string;
 }
 
 export interface ReadyInfo {
@@ -54,11 +81,13 @@ export interface ReadyInfo {
    */
   cursor: string | null;
   channels: string[];
+  /** Refused channels (normalised: each with its `source`). */
   denied: DeniedChannel[];
 }
 
 export interface SubscriptionsInfo {
   channels: string[];
+  /** Refused channels (normalised: each with its `source`). */
   denied: DeniedChannel[];
 }
 
@@ -80,6 +109,37 @@ export interface SSEState {
   connects: number;
   /** How many tabs share the connection (1 when standalone). */
   tabs: number;
+}
+
+/**
+ * The life of the gateway connection, one state at a time (`Connection`'s only transition point
+ * reports each change as `{ newState, oldState }`):
+ * - `idle`: not started. - `authorizing`: getting a token and exchanging it for the session cookie.
+ * - `connecting`: the EventSource is open, waiting for `ready`. - `open`: `ready` arrived.
+ * - `diagnosing`: the EventSource failed before `ready`; asking the gateway why (status code).
+ * - `waiting`: backing off before the next attempt. - `stopped`: `stop()` was called.
+ */
+export type ConnectionState = 'idle' | 'authorizing' | 'connecting' | 'open' | 'diagnosing' | 'waiting' | 'stopped';
+
+export interface ConnectionTransition {
+  newState: ConnectionState;
+  oldState: ConnectionState;
+}
+
+/** Where the client keeps its cursor and kept items between page loads. */
+export type PersistMode = 'session' | 'none';
+
+/** The part of the Web Storage API the client uses (`sessionStorage`, or a test double). */
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+
+/** The part of `EventTarget` used for page lifecycle events. */
+export interface PageEventsLike {
+  addEventListener(type: string, listener: (e: Event) => void): void;
+  removeEventListener(type: string, listener: (e: Event) => void): void;
 }
 
 export type TokenReason = 'initial' | 'expired' | 'unauthorized';
@@ -144,6 +204,24 @@ export interface SSEClientOptions {
   withCredentials?: boolean;
   /** How often a follower tab repeats its channel list to the leader, ms (default 5000). */
   tabHeartbeatMs?: number;
+  /**
+   * Keep the cursor and the kept items (`subscribe(…, { keep })`, `useSSESubscription`) in
+   * `sessionStorage`, so a reload or a navigation to another page of this origin resumes where
+   * this page stopped: no gap, no duplicate (default `session`; `none` keeps nothing).
+   */
+  persist?: PersistMode;
+  /** Upper bound of the stored state, in characters of JSON (default 1 MiB): the oldest items go first. */
+  persistMaxBytes?: number;
+  /**
+   * How long the channels of a page that went away (this tab's previous page, or another tab
+   * being reloaded) stay on the connection so the next page can take over without a gap, ms
+   * (default 10000).
+   */
+  lingerMs?: number;
+  /** Storage to use instead of `sessionStorage` (tests, non-browser hosts). */
+  storage?: StorageLike | null;
+  /** Where page lifecycle events (`pagehide`, `pageshow`, `visibilitychange`, `freeze`) arrive (default: the global object). */
+  pageEvents?: PageEventsLike | null;
   /** Injection points (tests, non-browser hosts). */
   fetch?: FetchLike;
   EventSource?: EventSourceCtor;
@@ -157,6 +235,12 @@ export interface SSEClientOptions {
 export type MessageHandler<T = unknown> = (message: SSEMessage<T>) => void;
 
 export interface SubscribeOptions {
+  /**
+   * Keep the last `keep` messages of these channels (kept per channel; the largest `keep` of a
+   * channel's subscriptions wins). They are what `history()` returns, and with `persist` they
+   * survive a reload or a navigation together with the cursor.
+   */
+  keep?: number;
   /** Called when the gateway reports a gap on one of these channels (re-fetch state). */
   onGap?: (gap: GapInfo) => void;
   /** Called when one of these channels is denied. */
@@ -171,4 +255,8 @@ export interface ClientEvents {
   ready: ReadyInfo;
   subscriptions: SubscriptionsInfo;
   state: SSEState;
+  /** The kept items were dropped (the stored ones belonged to another user): re-read `history()`. */
+  reset: { at: number };
+  /** Each step of the gateway connection's life (in the tab that holds it). */
+  connection: ConnectionTransition;
 }

@@ -365,6 +365,40 @@ describe('SSEClient: reconnect with backoff, resume by cursor', () => {
   });
 });
 
+describe('SSEClient: the connection\'s states', () => {
+  it('moves through one state at a time, each change reported once as { newState, oldState }', async () => {
+    const c = client();
+    const statuses: string[] = [];
+    c.onState(() => {
+      if (statuses.at(-1) !== c.getState().status) statuses.push(c.getState().status);
+    });
+    const path: string[] = [];
+    c.on('connection', (t) => {
+      expect(t.oldState).toBe(path.at(-1) ?? 'idle');
+      path.push(t.newState);
+    });
+    c.subscribe('logs:demo:etl-1', () => {});
+    const es = await connected(c);
+    es.fail(); // dropped: back off, then again
+    await until(() => FakeEventSource.instances.length === 2 && !FakeEventSource.latest().closed, 'second EventSource');
+    // refused outright (403 to the probe): the status is asked for, then a new attempt without the channel
+    gw.probeStatus = 403;
+    FakeEventSource.latest().fail(true);
+    await until(() => FakeEventSource.instances.length === 3, 'third EventSource');
+    gw.accept(FakeEventSource.latest(), 'conn-3');
+    await until(() => c.getState().status === 'open', 'open');
+    c.close();
+    expect(path).toEqual([
+      'authorizing', 'connecting', 'open',
+      'waiting', 'authorizing', 'connecting',
+      'diagnosing', 'waiting', 'authorizing', 'connecting', 'open',
+      'stopped',
+    ]);
+    // the public status: connecting the first time, reconnecting from the first loss on
+    expect(statuses).toEqual(['connecting', 'open', 'reconnecting', 'open', 'closed']);
+  });
+});
+
 describe('SSEClient: gap, expiry, denial', () => {
   it('surfaces gap to the app and to the subscriptions concerned', async () => {
     const c = client();
@@ -432,15 +466,53 @@ describe('SSEClient: gap, expiry, denial', () => {
     c.subscribe('logs:demo:etl-1', () => {});
     c.subscribe('metrics:private', () => {}, { onDenied: (d) => mine.push(d) });
     await connected(c);
-    expect(denied).toEqual([[{ channel: 'metrics:private', reason: 'not allowed' }]]);
+    expect(denied).toEqual([[{ channel: 'metrics:private', reason: 'not allowed', source: 'server' }]]);
     expect(mine).toEqual(denied);
-    expect(c.getState().denied).toEqual([{ channel: 'metrics:private', reason: 'not allowed' }]);
+    expect(c.getState().denied).toEqual([{ channel: 'metrics:private', reason: 'not allowed', source: 'server' }]);
     c.subscribe('metrics:private:x', () => {});
     await until(() => denied.length === 2, 'second denial');
-    expect(denied[1]).toEqual([{ channel: 'metrics:private:x', reason: 'not allowed' }]);
+    expect(denied[1]).toEqual([{ channel: 'metrics:private:x', reason: 'not allowed', source: 'server' }]);
     // A denied channel is not requested again and again
     await vi.advanceTimersByTimeAsync(5000);
     expect(gw.callsTo('/api/sse/subscriptions')).toHaveLength(1);
+  });
+
+  it('a channel the gateway refused is asked for again with a new token, whatever its reason says', async () => {
+    // The reason is display text (here one that starts with "invalid", like a local refusal's):
+    // what happens next depends on who refused, not on the wording.
+    gw.denyReason = () => 'invalid workspace for this token';
+    let n = 1;
+    gw.allow = (ch) => ch !== 'metrics:private' || n > 1;
+    const c = client({ getToken: () => `tok-${n}` });
+    const denied: DeniedChannel[][] = [];
+    c.on('denied', (d) => denied.push(d));
+    c.subscribe(['logs:demo:etl-1', 'metrics:private'], () => {});
+    const es = await connected(c);
+    expect(denied).toEqual([[{ channel: 'metrics:private', reason: 'invalid workspace for this token', source: 'server' }]]);
+    // the token expires; the provider's next token grants the channel
+    await vi.advanceTimersByTimeAsync(5000);
+    n = 2;
+    es.emit('expired', '{}');
+    await until(() => FakeEventSource.instances.length === 2, 'reconnect with the new token');
+    const es2 = FakeEventSource.latest();
+    expect(es2.channels).toEqual(['logs:demo:etl-1', 'metrics:private']);
+    gw.accept(es2, 'conn-2');
+    await until(() => c.getState().connectionId === 'conn-2', 'open again');
+    expect(c.getState().channels).toEqual(['logs:demo:etl-1', 'metrics:private']);
+    expect(c.getState().denied).toEqual([]);
+  });
+
+  it('a malformed channel stays refused locally, even with a new token', async () => {
+    let n = 1;
+    const c = client({ getToken: () => `tok-${n}` });
+    c.subscribe(['logs:demo:etl-1', 'Bad Name'], () => {});
+    const es = await connected(c);
+    await vi.advanceTimersByTimeAsync(5000);
+    n = 2;
+    es.emit('expired', '{}');
+    await until(() => FakeEventSource.instances.length === 2, 'reconnect with the new token');
+    expect(FakeEventSource.latest().channels).toEqual(['logs:demo:etl-1']);
+    expect(c.getState().denied).toEqual([{ channel: 'Bad Name', reason: expect.stringMatching(/^invalid channel/), source: 'client' }]);
   });
 
   it('when every requested channel is refused (403), reports them and connects without them', async () => {
@@ -454,7 +526,7 @@ describe('SSEClient: gap, expiry, denial', () => {
     await until(() => FakeEventSource.instances.length === 1, 'es');
     FakeEventSource.latest().fail(true);
     await until(() => FakeEventSource.instances.length === 2, 'reconnect');
-    expect(denied).toEqual([[{ channel: 'metrics:private', reason: 'no channel allowed' }]]);
+    expect(denied).toEqual([[{ channel: 'metrics:private', reason: 'no channel allowed', source: 'server' }]]);
     expect(FakeEventSource.latest().channels).toEqual([]);
     const probe = gw.callsTo('/api/sse', 'GET');
     expect(probe).toHaveLength(1);
@@ -469,6 +541,7 @@ describe('SSEClient: gap, expiry, denial', () => {
     expect(es.channels).toEqual(['logs:demo:etl-1']);
     expect(denied[0]![0]!.channel).toBe('Bad Name');
     expect(denied[0]![0]!.reason).toMatch(/invalid/);
+    expect(denied[0]![0]!.source).toBe('client');
   });
 
   it('a stream refused with 401 (cookie gone stale) gets a fresh token from the provider', async () => {
@@ -564,14 +637,19 @@ describe('SSEClient: one connection per browser (tabs)', () => {
     t2.subscribe('metrics:demo', () => {});
     await until(() => t1.getState().channels.includes('metrics:demo'), 'added');
     // simulate a crash: no bye, the tab's BroadcastChannel goes silent, the browser frees its locks
-    const crashed = t2 as unknown as { bc: FakeBroadcastChannel | null; releaseTabLock: () => void; lockAbort: AbortController; heartbeat: ReturnType<typeof setInterval> };
+    const crashed = (t2 as unknown as { tabs: unknown }).tabs as {
+      bc: FakeBroadcastChannel | null;
+      releaseTabLock: () => void;
+      abort: AbortController;
+      heartbeat: ReturnType<typeof setInterval>;
+    };
     crashed.bc!.close();
     crashed.bc = null;
     clearInterval(crashed.heartbeat);
     await vi.advanceTimersByTimeAsync(60000);
     expect(t1.getState().channels).toContain('metrics:demo'); // silence alone drops nobody (hidden tabs are throttled)
     crashed.releaseTabLock();
-    crashed.lockAbort.abort();
+    crashed.abort.abort();
     await until(() => !t1.getState().channels.includes('metrics:demo'), 'dropped', 1000);
     expect(t1.getState().tabs).toBe(1);
   });

@@ -1,5 +1,5 @@
 /* Test doubles: an EventSource, a gateway behind fetch, Web Locks, and BroadcastChannel. */
-import type { DeniedChannel, SSEClientOptions, SSEMessage } from '../src/types.js';
+import type { GatewayDenial, SSEClientOptions, SSEMessage, StorageLike } from '../src/types.js';
 
 type Listener = (ev: MessageEvent) => void;
 
@@ -62,7 +62,7 @@ export class FakeEventSource {
   }
 
   /** `cursor`: the gateway's `ready.cursor` (left out of the event when undefined, like an older gateway). */
-  ready(connection_id: string, channels = this.channels, denied: DeniedChannel[] = [], cursor?: string | null): void {
+  ready(connection_id: string, channels = this.channels, denied: GatewayDenial[] = [], cursor?: string | null): void {
     this.readyState = 1;
     this.onopen?.({ type: 'open' } as Event);
     this.emit('ready', { connection_id, cursor, channels, denied });
@@ -96,6 +96,8 @@ export class FakeGateway {
   validTokens: Set<string> | null = null;
   /** Channels the user may read. */
   allow: (channel: string) => boolean = () => true;
+  /** The reason given for a refused channel. */
+  denyReason: (channel: string) => string = () => 'not allowed';
   /** Status to answer GET /api/sse probes with. */
   probeStatus = 200;
   probeBody = '';
@@ -103,6 +105,8 @@ export class FakeGateway {
   /** Live channel sets by connection id (updated by the subscriptions endpoint). */
   connections = new Map<string, Set<string>>();
   subscriptionsStatus: number | null = null;
+  /** The stream of each connection (its `subscriptions` event follows a change, as the gateway's does). */
+  streams = new Map<string, FakeEventSource>();
 
   fetch = async (input: string, init: RequestInit = {}): Promise<Response> => {
     const headers: Record<string, string> = {};
@@ -120,13 +124,15 @@ export class FakeGateway {
       if (this.subscriptionsStatus) return json(this.subscriptionsStatus, { error: 'nope' });
       const set = this.connections.get(body.connection_id);
       if (!set) return json(404, { error: 'unknown connection' });
-      const denied: DeniedChannel[] = [];
+      const denied: GatewayDenial[] = [];
       for (const c of body.add ?? []) {
         if (this.allow(c)) set.add(c);
-        else denied.push({ channel: c, reason: 'not allowed' });
+        else denied.push({ channel: c, reason: this.denyReason(c) });
       }
       for (const c of body.remove ?? []) set.delete(c);
-      return json(200, { channels: Array.from(set).sort(), denied });
+      const channels = Array.from(set).sort();
+      this.streams.get(body.connection_id)?.emit('subscriptions', { channels, denied });
+      return json(200, { channels, denied });
     }
     if (path === '/api/sse' && method === 'GET') {
       return new Response(this.probeBody || null, { status: this.probeStatus, headers: this.probeHeaders });
@@ -137,8 +143,9 @@ export class FakeGateway {
   /** The stream answers `ready` the way the gateway would for the URL's channels (with `cursor`, if given). */
   accept(es: FakeEventSource, connectionId: string, cursor?: string | null): void {
     const granted = es.channels.filter((c) => this.allow(c));
-    const denied = es.channels.filter((c) => !this.allow(c)).map((channel) => ({ channel, reason: 'not allowed' }));
+    const denied = es.channels.filter((c) => !this.allow(c)).map((channel) => ({ channel, reason: this.denyReason(channel) }));
     this.connections.set(connectionId, new Set(granted));
+    this.streams.set(connectionId, es);
     es.ready(connectionId, granted, denied, cursor);
   }
 
@@ -224,6 +231,7 @@ export function baseOptions(gw: FakeGateway, extra: Partial<SSEClientOptions> = 
     BroadcastChannel: null,
     locks: null,
     random: () => 0.5,
+    storage: null,
     backoff: { initialMs: 1000, maxMs: 8000, factor: 2, jitter: 0.5 },
     ...extra,
   };
@@ -232,4 +240,20 @@ export function baseOptions(gw: FakeGateway, extra: Partial<SSEClientOptions> = 
 /** Lets pending promises and microtasks settle (works with fake timers). */
 export async function settle(rounds = 10): Promise<void> {
   for (let i = 0; i < rounds; i++) await Promise.resolve();
+}
+
+/** `sessionStorage` of one tab: survives the page (client) that wrote it, like the real one. */
+export class MemoryStorage implements StorageLike {
+  data = new Map<string, string>();
+  writes = 0;
+  getItem(key: string): string | null {
+    return this.data.get(key) ?? null;
+  }
+  setItem(key: string, value: string): void {
+    this.writes++;
+    this.data.set(key, value);
+  }
+  removeItem(key: string): void {
+    this.data.delete(key);
+  }
 }

@@ -4,9 +4,9 @@ import { StrictMode, useState } from 'react';
 import { createRoot } from 'react-dom/client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SSEClient } from '../src/client.js';
-import { SSEProvider, useSSE, useSSESubscription, withSSE, type WithSSEProps } from '../src/react/index.js';
+import { SSEProvider, useSSE, useSSELatest, useSSESubscription, withSSE, type WithSSEProps } from '../src/react/index.js';
 import type { SSEMessage } from '../src/types.js';
-import { baseOptions, FakeEventSource, FakeGateway } from './fakes.js';
+import { baseOptions, FakeEventSource, FakeGateway, MemoryStorage } from './fakes.js';
 
 let gw: FakeGateway;
 let client: SSEClient;
@@ -225,6 +225,90 @@ describe('React bindings', () => {
     act(() => rootB.unmount());
     // last user gone: the shared client closes
     await waitFor(() => expect(es.closed).toBe(true));
+  });
+
+  it('after a reload, an accumulating panel shows the previous page\'s items at once and continues after them', async () => {
+    const storage = new MemoryStorage();
+    const page1 = new EventTarget();
+    const c1 = new SSEClient(baseOptions(gw, { storage, pageEvents: page1 }));
+    const first = render(
+      <SSEProvider client={c1}>
+        <Logs />
+      </SSEProvider>,
+    );
+    await waitFor(() => expect(FakeEventSource.instances).toHaveLength(1));
+    const es = FakeEventSource.latest();
+    act(() => gw.accept(es, 'conn-1', 'c-0'));
+    act(() => {
+      es.message('logs:demo:etl-1', 'c-1', { msg: 'one' });
+      es.message('logs:demo:etl-1', 'c-2', { msg: 'two' });
+    });
+    expect(screen.getByTestId('logs').textContent).toBe('onetwo');
+    page1.dispatchEvent(new Event('pagehide')); // the reload: the page is gone (React does not unmount)
+    c1.close();
+    first.unmount();
+
+    const c2 = new SSEClient(baseOptions(gw, { storage, pageEvents: new EventTarget() }));
+    try {
+      render(
+        <SSEProvider client={c2}>
+          <Logs />
+        </SSEProvider>,
+      );
+      expect(screen.getByTestId('logs').textContent).toBe('onetwo'); // the first render, before any connection
+      await waitFor(() => expect(FakeEventSource.instances).toHaveLength(2));
+      const es2 = FakeEventSource.latest();
+      expect(es2.lastEventIdParam).toBe('c-2');
+      act(() => gw.accept(es2, 'conn-2', 'c-2'));
+      act(() => {
+        es2.message('logs:demo:etl-1', 'c-2', { msg: 'two' }); // replayed again: dropped
+        es2.message('logs:demo:etl-1', 'c-3', { msg: 'three' });
+        es2.message('logs:demo:etl-1', 'c-4', { msg: 'four' });
+      });
+      expect(screen.getByTestId('logs').textContent).toBe('twothreefour'); // maxItems 3
+    } finally {
+      c2.close();
+    }
+  });
+
+  it('useSSELatest: a current-value panel shows the snapshot first, then newer events', async () => {
+    function Gauge() {
+      const { value, snapshot } = useSSELatest<{ cpu: number }>('metrics:demo');
+      return <div data-testid="gauge">{value ? `${value.cpu}${snapshot ? ' (snapshot)' : ''}` : 'none'}</div>;
+    }
+    render(
+      <SSEProvider client={client}>
+        <Gauge />
+      </SSEProvider>,
+    );
+    expect(screen.getByTestId('gauge').textContent).toBe('none');
+    const es = await accept();
+    act(() => es.emit('message', { channel: 'metrics:demo', event: 'metric', ts: 1, payload: { cpu: 41 }, snapshot: true }));
+    expect(screen.getByTestId('gauge').textContent).toBe('41 (snapshot)');
+    expect(client.getLastEventId()).toBeNull();
+    act(() => es.message('metrics:demo', 'm-1', { cpu: 42 }));
+    expect(screen.getByTestId('gauge').textContent).toBe('42');
+  });
+
+  it('an accumulating subscription gets the snapshot as its first item', async () => {
+    function Feed() {
+      const { data } = useSSESubscription<string>('dashboards:main', {
+        accumulate: true,
+        transform: (m) => `${m.snapshot ? 's' : 'e'}${(m.payload as { v: number }).v}`,
+      });
+      return <div data-testid="feed">{data.join(',')}</div>;
+    }
+    render(
+      <SSEProvider client={client}>
+        <Feed />
+      </SSEProvider>,
+    );
+    const es = await accept();
+    act(() => {
+      es.emit('message', { channel: 'dashboards:main', event: 'update', ts: 1, payload: { v: 1 }, snapshot: true });
+      es.message('dashboards:main', 'd-2', { v: 2 });
+    });
+    expect(screen.getByTestId('feed').textContent).toBe('s1,e2');
   });
 
   it('useSSE outside a provider explains itself', () => {

@@ -133,8 +133,8 @@ describe('Registry (routing and bookkeeping)', () => {
     r.add(['c'], () => {}, { onGap: (g) => gaps.push(['c?', ...g.channels]) });
     r.dispatchGap({ channels: ['b', 'z'], at: 0 });
     r.dispatchDenied([
-      { channel: 'a', reason: 'x' },
-      { channel: 'q', reason: 'y' },
+      { channel: 'a', reason: 'x', source: 'server' },
+      { channel: 'q', reason: 'y', source: 'server' },
     ]);
     expect(gaps).toEqual([['b']]);
     expect(denied).toEqual([['a']]);

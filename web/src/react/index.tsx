@@ -13,6 +13,7 @@ import {
 } from 'react';
 import { SSEClient } from '../client.js';
 import { normalizeChannels } from '../channels.js';
+import { latest } from '../latest.js';
 import { getSharedClient, retainSharedClient } from '../shared.js';
 import type { DeniedChannel, GapInfo, SSEClientOptions, SSEMessage, SSEState } from '../types.js';
 
@@ -70,20 +71,23 @@ export interface UseSSESubscriptionOptions<T> {
   accumulate?: boolean;
   /** With `accumulate`: how many items to keep (default 100). */
   maxItems?: number;
-  /** Maps each message to what the component stores; returning `undefined` skips the message. */
+  /**
+   * Maps each message to what the component stores; returning `undefined` skips the message.
+   * Kept items are stored as messages and mapped again after a reload.
+   */
   transform?: (message: SSEMessage) => T | undefined;
   /** Set false to pause the subscription without unmounting. */
   enabled?: boolean;
-  /** Called for every message (after transform), e.g. to feed a store. */
+  /** Called for every live message (after transform), e.g. to feed a store. */
   onMessage?: (item: T, message: SSEMessage) => void;
   /** Called when the gateway reports a gap on these channels: re-fetch their state. */
   onGap?: (gap: GapInfo) => void;
 }
 
 export interface UseSSESubscriptionResult<D, T> {
-  /** Latest item, or the list of items with `accumulate`. */
+  /** Latest item, or the list of items with `accumulate` (a channel's snapshot comes first). */
   data: D;
-  /** The last raw message received. */
+  /** The last raw message received (`lastMessage.snapshot`: it is the channel's snapshot). */
   lastMessage: SSEMessage | null;
   /** Connection status of the shared connection. */
   status: SSEState['status'];
@@ -91,13 +95,48 @@ export interface UseSSESubscriptionResult<D, T> {
   denied: DeniedChannel[];
   /** The last gap reported for these channels, or null. */
   gap: GapInfo | null;
-  /** How many messages were received (after `transform`) since mount. */
+  /** How many messages were received (after `transform`) since mount, kept ones from before a reload included. */
   count: number;
-  /** Empties `data`. */
+  /** Empties `data` (and the kept items of these channels). */
   clear: () => void;
   /** Type helper: one item. */
   readonly _item?: T;
 }
+
+interface Store<T> {
+  data: T[] | T | undefined;
+  last: SSEMessage | null;
+  gap: GapInfo | null;
+  count: number;
+  /** The kept messages `data` was built from (to skip a rebuild that changes nothing). */
+  from: readonly SSEMessage[];
+}
+
+/** The hook's state as built from the client's kept messages. */
+function fromKept<T>(
+  client: SSEClient,
+  channels: string[],
+  accumulate: boolean,
+  maxItems: number,
+  transform: ((m: SSEMessage) => T | undefined) | undefined,
+  gap: GapInfo | null,
+): Store<T> {
+  const kept = channels.length ? client.history(channels, accumulate ? maxItems : 1) : [];
+  const items: T[] = [];
+  for (const m of kept) {
+    const item = transform ? transform(m) : (m as unknown as T);
+    if (item !== undefined) items.push(item);
+  }
+  return {
+    data: accumulate ? items : items[items.length - 1],
+    last: kept[kept.length - 1] ?? null,
+    gap,
+    count: items.length,
+    from: kept,
+  };
+}
+
+const sameList = (a: readonly unknown[], b: readonly unknown[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 export function useSSESubscription<T = SSEMessage>(
   channels: string | readonly string[],
@@ -110,6 +149,8 @@ export function useSSESubscription<T = SSEMessage>(
 /**
  * Subscribes the component to `channels` for as long as it is mounted (safe under StrictMode's
  * double mount: subscriptions are batched per tick, so mount/unmount/mount costs no request).
+ * The client keeps the items (the latest one without `accumulate`), so with `persist` a reload
+ * shows them again and continues after them.
  */
 export function useSSESubscription<T = SSEMessage>(
   channels: string | readonly string[],
@@ -124,17 +165,21 @@ export function useSSESubscription<T = SSEMessage>(
   const opts = useRef(options);
   opts.current = options;
 
-  const [store, setStore] = useState<{ data: T[] | T | undefined; last: SSEMessage | null; gap: GapInfo | null; count: number }>(() => ({
-    data: accumulate ? [] : undefined,
-    last: null,
-    gap: null,
-    count: 0,
-  }));
+  const [store, setStore] = useState<Store<T>>(() =>
+    fromKept(client, enabled && key ? key.split('\n') : [], accumulate, maxItems, options.transform, null),
+  );
 
   useEffect(() => {
     const list = key ? key.split('\n') : [];
     if (!enabled || list.length === 0) return undefined;
-    return client.subscribe(
+    // Start from what the client kept (messages may have come between render and now).
+    const rebuild = () =>
+      setStore((prev) => {
+        const next = fromKept(client, list, accumulate, maxItems, opts.current.transform, prev.gap);
+        return sameList(next.from, prev.from) ? prev : next;
+      });
+    const offReset = client.on('reset', rebuild);
+    const off = client.subscribe(
       list,
       (message) => {
         const o = opts.current;
@@ -150,15 +195,24 @@ export function useSSESubscription<T = SSEMessage>(
         });
       },
       {
+        keep: accumulate ? maxItems : 1,
         onGap: (gap) => {
           setStore((prev) => ({ ...prev, gap }));
           opts.current.onGap?.(gap);
         },
       },
     );
+    rebuild();
+    return () => {
+      off();
+      offReset();
+    };
   }, [client, key, enabled, accumulate, maxItems]);
 
-  const clear = useCallback(() => setStore((prev) => ({ ...prev, data: accumulate ? [] : undefined, last: null })), [accumulate]);
+  const clear = useCallback(() => {
+    if (key) client.clearHistory(key.split('\n'));
+    setStore((prev) => ({ ...prev, data: accumulate ? [] : undefined, last: null, from: [] }));
+  }, [client, key, accumulate]);
 
   const deniedAll = state.denied;
   const denied = useMemo(() => {
@@ -167,6 +221,42 @@ export function useSSESubscription<T = SSEMessage>(
   }, [deniedAll, key]);
 
   return { data: store.data, lastMessage: store.last, status: state.status, denied, gap: store.gap, count: store.count, clear };
+}
+
+export interface UseSSELatestOptions<T> {
+  /** Maps the message to the value (default: its payload); `undefined` skips the message. */
+  transform?: (message: SSEMessage) => T | undefined;
+  /** Set false to pause the subscription without unmounting. */
+  enabled?: boolean;
+  /** Called when the gateway reports a gap on the channel. */
+  onGap?: (gap: GapInfo) => void;
+}
+
+export interface UseSSELatestResult<T> {
+  /** The channel's current value: its snapshot, then each newer event (undefined until one arrives). */
+  value: T | undefined;
+  /** The message it came from. */
+  message: SSEMessage | null;
+  /** True while the value is the gateway's snapshot (sent on subscribe), not a live event. */
+  snapshot: boolean;
+  status: SSEState['status'];
+  denied: DeniedChannel[];
+  gap: GapInfo | null;
+}
+
+/**
+ * The current value of one channel, for "current value" panels (a gauge, a status badge): the
+ * channel's snapshot right after subscribing (on channel types with `snapshot`), then every newer
+ * event, and after a reload the value shown before it.
+ */
+export function useSSELatest<T = unknown>(channel: string, options: UseSSELatestOptions<T> = {}): UseSSELatestResult<T> {
+  const transform = options.transform;
+  const r = useSSESubscription<T>(channel, {
+    enabled: options.enabled,
+    onGap: options.onGap,
+    transform: transform ?? ((m: SSEMessage) => m.payload as T),
+  });
+  return { value: r.data, message: r.lastMessage, snapshot: r.lastMessage?.snapshot === true, status: r.status, denied: r.denied, gap: r.gap };
 }
 
 export interface WithSSEConfig<P, T> extends UseSSESubscriptionOptions<T> {
@@ -209,5 +299,5 @@ export function withSSE<P extends object, T = SSEMessage>(
   return WithSSE;
 }
 
-export { SSEClient, getSharedClient };
+export { SSEClient, getSharedClient, latest };
 export type { DeniedChannel, GapInfo, SSEClientOptions, SSEMessage, SSEState };

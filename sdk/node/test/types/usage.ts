@@ -1,6 +1,6 @@
 // Compiled (never run) by test/typecheck.test.js: the published .d.ts must type real usage.
-import { Publisher, PublishError, ConfigError, loadGrpcPackage } from '@sse-gateway/publisher';
-import type { PublishResult, BatchResult, PublishRequest, PublishResponse__Output } from '@sse-gateway/publisher';
+import { Publisher, PublishError, ConfigError, loadGrpcPackage, DISABLED } from '@sse-gateway/publisher';
+import type { PublishResult, BatchResult, PublishRequest, PublishResponse__Output, ResultCode } from '@sse-gateway/publisher';
 
 async function main(): Promise<void> {
   const pub = new Publisher({ addr: 'localhost:50051', ca: 'certs/ca.pem', cert: 'c.pem', key: 'k.pem', timeoutMs: 2000 });
@@ -28,6 +28,14 @@ async function main(): Promise<void> {
   pub.client.publish(req, (err, res?: PublishResponse__Output) => {
     if (res) console.log(res.id.toUpperCase(), res.delivered + 1, ids);
   });
+  // The off switch: a boolean, or the same words as $SSE_GATEWAY_ENABLED.
+  const off = new Publisher({ enabled: false });
+  const offToo = new Publisher({ enabled: 'off' });
+  const d = await off.publish('dashboards:d1', 1);
+  if (d.code === 'DISABLED') console.log(off.enabled, offToo.enabled, d.message);
+  const same: boolean = b.code === DISABLED;
+  const codes: ResultCode[] = [d.code, b.code, 'UNAVAILABLE'];
+  console.log(codes, same);
   const pkg = loadGrpcPackage();
   const Client = pkg.ssegateway.v1.Publisher;
   console.log(typeof Client.service.Publish.path);
@@ -38,5 +46,7 @@ async function main(): Promise<void> {
 new Publisher().publish(1, {});
 // @ts-expect-error - unknown option
 new Publisher({ timeout: 5 });
+// @ts-expect-error - enabled is a boolean or a string
+new Publisher({ enabled: 0 });
 
 void main;

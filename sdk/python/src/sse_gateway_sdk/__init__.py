@@ -13,6 +13,7 @@ The generated messages and stub are in :mod:`sse_gateway_sdk.v1`.
 from ._publisher import (
     DEFAULT_ADDR,
     DEFAULT_TIMEOUT,
+    DISABLED,
     VERSION as __version__,
     AsyncPublisher,
     BatchResult,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DEFAULT_ADDR",
     "DEFAULT_TIMEOUT",
+    "DISABLED",
     "Event",
     "PublishError",
     "PublishResult",

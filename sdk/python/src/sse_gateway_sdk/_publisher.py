@@ -5,6 +5,9 @@ deadline (default 5 s). A call that fails - the gateway is down, the certificate
 channel is not permitted, the data is not JSON - is logged (logger ``sse_gateway_sdk``) and
 returned as a result with ``ok=False``, so that publishing never breaks the caller's own work;
 pass ``strict=True`` (to the constructor or to one call) to get a :class:`PublishError` instead.
+
+``SSE_GATEWAY_ENABLED=false`` (or ``enabled=False``) makes a publisher a no-op: it needs no
+certificate, dials nothing, and each call returns ``ok=False`` with code ``DISABLED``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DEFAULT_ADDR",
     "DEFAULT_TIMEOUT",
+    "DISABLED",
     "Event",
     "PublishError",
     "PublishResult",
@@ -45,6 +49,12 @@ ENV_CA = "SSE_GATEWAY_CA"
 ENV_CERT = "SSE_GATEWAY_CERT"
 ENV_KEY = "SSE_GATEWAY_KEY"
 ENV_SERVER_NAME = "SSE_GATEWAY_SERVER_NAME"
+ENV_ENABLED = "SSE_GATEWAY_ENABLED"
+
+#: The ``code`` of every result of a disabled publisher.
+DISABLED = "DISABLED"
+_FALSE = frozenset({"false", "0", "no", "off"})
+_TRUE = frozenset({"true", "1", "yes", "on"})
 
 # A channel segment (SPEC section 3). The helpers check ids against it so that an id holding a
 # ':' can never address another channel than the one the helper names.
@@ -158,6 +168,30 @@ def _read_pem(value: Optional[PemSource], what: str, env: str) -> Optional[bytes
         raise ConfigError(f"cannot read the {what} file {text!r} (argument or ${env}): {e.strerror or e}") from e
 
 
+def _enabled(value: Union[bool, str, None]) -> bool:
+    """The on/off switch: the ``enabled`` argument, else ``$SSE_GATEWAY_ENABLED``, else on.
+
+    Strings are read case-insensitively: false/0/no/off and true/1/yes/on; empty means unset.
+    Anything else is a :class:`ConfigError`, so that a typo never silently flips the switch.
+    """
+    if isinstance(value, bool):
+        return value
+    where = "enabled"
+    if value is None:
+        value = os.environ.get(ENV_ENABLED)
+        where = f"${ENV_ENABLED}"
+        if value is None:
+            return True
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a bool, not {type(value).__name__}")
+    text = value.strip().lower()
+    if text == "" or text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{where}={value!r}: use true or false (also 1/0, yes/no, on/off)")
+
+
 def _segment(value: Any, what: str) -> str:
     text = str(value)
     if not _SEGMENT.match(text):
@@ -219,10 +253,23 @@ class _Base:
         json_dumps: Optional[Callable[[Any], str]] = None,
         options: Sequence[Tuple[str, Any]] = (),
         logger: Optional[logging.Logger] = None,
+        enabled: Union[bool, str, None] = None,
     ):
         self.addr = addr or os.environ.get(ENV_ADDR) or DEFAULT_ADDR
         if self.addr.startswith(("http://", "https://")):
             raise ConfigError(f"addr {self.addr!r}: give host:port, without a scheme")
+        if timeout is None or timeout <= 0:
+            raise ConfigError("timeout must be a positive number of seconds")
+        self.enabled = _enabled(enabled)
+        self.strict = strict
+        self.timeout = float(timeout)
+        self._log = logger or log
+        self._closed = False
+        self._disabled_logged = False
+        self._disabled_lock = threading.Lock()
+        if not self.enabled:
+            # A no-op: no certificate is needed or read, no channel is ever opened.
+            return
         ca = ca if ca is not None else os.environ.get(ENV_CA) or None
         cert = cert if cert is not None else os.environ.get(ENV_CERT) or None
         key = key if key is not None else os.environ.get(ENV_KEY) or None
@@ -231,8 +278,6 @@ class _Base:
                 "the gateway requires a client certificate: pass cert= and key= "
                 f"(PEM files or contents) or set ${ENV_CERT} and ${ENV_KEY}"
             )
-        if timeout is None or timeout <= 0:
-            raise ConfigError("timeout must be a positive number of seconds")
         self._credentials = grpc.ssl_channel_credentials(
             root_certificates=_read_pem(ca, "CA certificate", ENV_CA),
             private_key=_read_pem(key, "client key", ENV_KEY),
@@ -244,16 +289,42 @@ class _Base:
             opts.append(("grpc.ssl_target_name_override", server_name))
         opts.extend(options)
         self._options = opts
-        self.strict = strict
-        self.timeout = float(timeout)
         self._dumps = json_dumps or (
             lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         )
-        self._log = logger or log
-        self._closed = False
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(addr={self.addr!r}, strict={self.strict}, timeout={self.timeout})"
+        off = "" if self.enabled else ", enabled=False"
+        return f"{type(self).__name__}(addr={self.addr!r}, strict={self.strict}, timeout={self.timeout}{off})"
+
+    # -- the off switch
+
+    def _disabled_message(self) -> str:
+        return f"publishing is disabled (enabled=False or ${ENV_ENABLED}=false): nothing is sent to {self.addr}"
+
+    def _log_disabled_once(self) -> None:
+        with self._disabled_lock:
+            if self._disabled_logged:
+                return
+            self._disabled_logged = True
+        self._log.warning("sse-gateway %s; every publish returns ok=False with code %s", self._disabled_message(), DISABLED)
+
+    def _disabled(self, channel: Optional[str]) -> PublishResult:
+        """The result of every publish of a disabled publisher (never raised, even when strict)."""
+        self._log_disabled_once()
+        return PublishResult(ok=False, channel=channel if isinstance(channel, str) else "",
+                             code=DISABLED, message=self._disabled_message())
+
+    def _batch_disabled(self) -> BatchResult:
+        self._log_disabled_once()
+        return BatchResult(ok=False, code=DISABLED, message=self._disabled_message())
+
+    def _helper_channel(self, build: Callable[[], str]) -> str:
+        """A helper's channel for a disabled publisher's result: "" when the ids are not valid."""
+        try:
+            return build()
+        except PublishError:
+            return ""
 
     # -- request building
 
@@ -356,7 +427,10 @@ class Publisher(_Base):
       ``localhost:50051``). Use the name in the gateway's certificate (``localhost`` in the dev setup).
     - ``ca``: the CA that signed the gateway's certificate (``$SSE_GATEWAY_CA``; default: system roots).
     - ``cert``, ``key``: this service's client certificate and key (``$SSE_GATEWAY_CERT``,
-      ``$SSE_GATEWAY_KEY``; required).
+      ``$SSE_GATEWAY_KEY``; required unless disabled).
+    - ``enabled``: the on/off switch (``$SSE_GATEWAY_ENABLED``; default on). Off (``False``, or
+      false/0/no/off) makes the publisher a no-op: nothing is dialled, each call returns ``ok=False``
+      with code ``DISABLED`` (logged once, never raised, even when strict).
 
     ``ca``, ``cert`` and ``key`` are file paths, or PEM contents (``bytes``, or ``str`` starting with
     ``-----BEGIN``). ``strict=True`` raises :class:`PublishError` on failure instead of returning a
@@ -403,6 +477,8 @@ class Publisher(_Base):
         makes a retry within the gateway's dedupe window a no-op; ``audience``
         (``{"user_ids": [...], "roles": [...]}``) restricts who receives it.
         """
+        if not self.enabled:
+            return self._disabled(channel)
         try:
             req = self._request(channel, data, event, idempotency_key, audience)
             resp = self._get_stub().Publish(req, timeout=self._deadline(timeout))
@@ -426,6 +502,8 @@ class Publisher(_Base):
         Each event is an :class:`Event`, a dict with the keys of :meth:`publish`
         (``{"channel": ..., "data": ..., "event": ...}``) or a tuple ``(channel, data[, event])``.
         """
+        if not self.enabled:
+            return self._batch_disabled()
         n = None
         try:
             req = self._batch_request(events)
@@ -445,6 +523,8 @@ class Publisher(_Base):
 
         ``workflow_id=None`` publishes on the workspace-wide ``logs:{workspace_id}``.
         """
+        if not self.enabled:
+            return self._disabled(self._helper_channel(lambda: self._log_channel(workspace_id, workflow_id)))
         try:
             channel = self._log_channel(workspace_id, workflow_id)
         except PublishError as e:
@@ -454,6 +534,8 @@ class Publisher(_Base):
     def publish_metric(self, workspace_id: Any, data: Any, *, event: str = "metric",
                        **kwargs: Any) -> PublishResult:
         """Publishes a metric sample on ``metrics:{workspace_id}`` (event "metric")."""
+        if not self.enabled:
+            return self._disabled(self._helper_channel(lambda: self._metric_channel(workspace_id)))
         try:
             channel = self._metric_channel(workspace_id)
         except PublishError as e:
@@ -503,6 +585,8 @@ class AsyncPublisher(_Base):
         timeout: Optional[float] = None,
         strict: Optional[bool] = None,
     ) -> PublishResult:
+        if not self.enabled:
+            return self._disabled(channel)
         try:
             req = self._request(channel, data, event, idempotency_key, audience)
             resp = await self._get_stub().Publish(req, timeout=self._deadline(timeout))
@@ -521,6 +605,8 @@ class AsyncPublisher(_Base):
         timeout: Optional[float] = None,
         strict: Optional[bool] = None,
     ) -> BatchResult:
+        if not self.enabled:
+            return self._batch_disabled()
         n = None
         try:
             req = self._batch_request(events)
@@ -536,6 +622,8 @@ class AsyncPublisher(_Base):
 
     async def publish_log(self, workspace_id: Any, workflow_id: Any, data: Any, *, event: str = "log",
                           **kwargs: Any) -> PublishResult:
+        if not self.enabled:
+            return self._disabled(self._helper_channel(lambda: self._log_channel(workspace_id, workflow_id)))
         try:
             channel = self._log_channel(workspace_id, workflow_id)
         except PublishError as e:
@@ -544,6 +632,8 @@ class AsyncPublisher(_Base):
 
     async def publish_metric(self, workspace_id: Any, data: Any, *, event: str = "metric",
                              **kwargs: Any) -> PublishResult:
+        if not self.enabled:
+            return self._disabled(self._helper_channel(lambda: self._metric_channel(workspace_id)))
         try:
             channel = self._metric_channel(workspace_id)
         except PublishError as e:
