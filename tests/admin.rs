@@ -344,3 +344,34 @@ async fn admin_history_needs_the_admin_role_and_holds_sampled_points() {
         "no authorizer here: {history}"
     );
 }
+
+#[tokio::test]
+async fn redis_tail_lag_returns_to_zero_once_the_tail_dispatched_this_nodes_appends() {
+    let prefix = format!("test-taillag-{}", sse_gateway::hub::random_id());
+    let gw = TestGateway::spawn(move |raw| {
+        raw.broker.kind = sse_gateway::config::BrokerKind::Redis;
+        raw.broker.url = "redis://127.0.0.1:6379".to_owned();
+        raw.broker.key_prefix = prefix;
+    })
+    .await;
+    let lag = "sse_gateway_redis_tail_lag_seconds";
+    assert_eq!(gw.metric(lag).await, 0.0);
+    let token = gw.token("alice", &["logs:**"], &[], 600);
+    let (mut stream, _) = gw.open("/api/sse?channels=logs:ws1", &token, None).await;
+    let mut client = gw.publisher("l5-etl-service").await;
+    for i in 0..20 {
+        let resp = publish(&mut client, req("logs:ws1", &json!({"i": i}))).await;
+        assert_eq!(stream.next_data(WAIT).await.id, resp.id);
+    }
+    // The ids an append returns and the ones the tail dispatches are compared: a mismatch
+    // would leave an append pending and the lag growing.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v = gw.metric(lag).await;
+        if v == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag stays at {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
