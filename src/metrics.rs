@@ -87,11 +87,6 @@ impl LatencyHistogram {
         }
     }
 
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
     /// The bucket counts now (not cumulative); subtract two to get an interval's.
     pub fn buckets(&self) -> Vec<u64> {
         self.counts
