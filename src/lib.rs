@@ -14,7 +14,8 @@
 //! egress::sse        GET /api/sse: Subscriber extractor (auth) → authorise channels → register
 //!                    in hub → latest values (no cursor or gap) or replay after Last-Event-ID
 //!                    → live frames, heartbeats, expiry
-//! admin              /health, /ready, /metrics, /admin (Admin extractor)
+//! admin              /health, /ready, /metrics, /admin (Admin extractor); history samples
+//!                    the metrics every 5 s for the dashboard's 15-minute charts
 //! ```
 //!
 //! Around them, imports pointing down this list only:
@@ -45,6 +46,7 @@ pub mod dev;
 mod egress;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod hub;
 pub mod ingest;
 pub mod live;

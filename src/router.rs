@@ -12,7 +12,13 @@ use crate::{admin, demo, egress};
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
-        .route("/api/sse", get(egress::sse::stream))
+        .route(
+            "/api/sse",
+            get(egress::sse::stream).route_layer(axum::middleware::from_fn_with_state(
+                state.metrics.clone(),
+                admin::count_stream_opens,
+            )),
+        )
         .route(
             "/api/sse/session",
             post(egress::session::create).delete(egress::session::delete),
@@ -27,7 +33,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin", get(admin::page))
         .route("/admin/session", post(admin::session))
         .route("/admin/connections", get(admin::connections))
-        .route("/admin/channels", get(admin::channels));
+        .route("/admin/channels", get(admin::channels))
+        .route("/admin/history", get(admin::history));
     if state.demo.is_some() {
         router = router.merge(demo::routes());
     }
@@ -68,8 +75,16 @@ pub(crate) async fn grpc_routes(state: &AppState) -> anyhow::Result<tonic::servi
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let publisher = PublisherService::new(state.pipeline.clone(), state.tasks.clone());
-    Ok(tonic::service::Routes::new(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(publisher.into_server()))
+        .add_service(publisher.into_server());
+    Ok(tonic::service::Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                state.metrics.clone(),
+                admin::time_grpc_request,
+            )),
+    ))
 }

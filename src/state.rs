@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{JwtVerifier, TokenAuth};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
 use crate::live::Live;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub(crate) verifier: Live<JwtVerifier>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The last 15 minutes of metrics, for the admin dashboard.
+    pub history: Arc<History>,
     /// Cancelled on shutdown; every stream ends on it.
     pub(crate) shutdown: CancellationToken,
     /// Every task a request spawns, so that shutdown waits for it.

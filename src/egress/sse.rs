@@ -147,6 +147,9 @@ pub(crate) async fn stream(
         replaying: matches!(replay, Some(Replay::From(_))),
     })?;
     tracing::debug!(connection = %registration.connection.id, sub = %user.sub, channels = granted.len(), "stream opened");
+    if matches!(replay, Some(Replay::From(_))) {
+        state.metrics.replays_started.inc();
+    }
 
     let start = match (&replay, cursor) {
         (Some(Replay::From(_)), Some(c)) => Some(c),
@@ -188,9 +191,9 @@ pub(crate) async fn stream(
         done: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
+        let chunk = s.next_chunk().await?;
+        s.state.metrics.sse_bytes_written.inc_by(chunk.len() as u64);
+        Some((Ok::<_, Infallible>(chunk), s))
     }));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
@@ -280,6 +283,7 @@ impl SseStream {
         let mut out = BytesMut::new();
         let after = match replay {
             Replay::Foreign => {
+                self.state.metrics.gaps_sent.inc();
                 out.extend_from_slice(&render_control(
                     "gap",
                     &Gap {
@@ -298,6 +302,7 @@ impl SseStream {
             Ok(batch) => {
                 self.replay_failures = 0;
                 if batch.gap {
+                    self.state.metrics.gaps_sent.inc();
                     out.extend_from_slice(&render_control(
                         "gap",
                         &Gap {

@@ -20,6 +20,7 @@ pub use reload::{load_material, ConfigSource, Material, ReloadError};
 
 use crate::broker::{Broker, MemoryLog, RedisLog};
 use crate::config::{BrokerKind, Config};
+use crate::history::{History, SAMPLE_EVERY};
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::RateLimiter;
@@ -139,6 +140,7 @@ impl Gateway {
             broker,
             verifier: verifier.clone(),
             metrics: metrics.clone(),
+            history: Arc::new(History::new(metrics.clone())),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             started: Instant::now(),
@@ -146,6 +148,7 @@ impl Gateway {
             demo,
         };
         let routes = crate::router::grpc_routes(&state).await?;
+        tasks.spawn(state.history.clone().run(SAMPLE_EVERY, shutdown.clone()));
         tasks.spawn({
             let grpc = grpc::serve(
                 grpc_listener,
