@@ -15,6 +15,8 @@
 //!                    in hub → latest values (no cursor or gap) or replay after Last-Event-ID
 //!                    → live frames, heartbeats, expiry
 //! admin              /health, /ready, /metrics, /admin (Admin extractor)
+//! authz              the app's permission callback ([authz]): asked by egress for channels
+//!                    the token does not settle, answers cached per (user, channel)
 //! ```
 //!
 //! Around them, imports pointing down this list only:
@@ -36,6 +38,7 @@
 mod admin;
 pub mod app;
 pub mod auth;
+mod authz;
 pub mod broker;
 pub mod channel;
 pub mod client;
