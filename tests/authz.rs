@@ -32,11 +32,14 @@ enum Reply {
     Huge,
     /// The JSON, after this delay.
     Slow(Duration, Value),
+    /// The JSON, once a permit of the semaphore is released for it.
+    Gated(Arc<tokio::sync::Semaphore>, Value),
 }
 
 /// One request the fake app received.
 #[derive(Clone, Debug)]
 struct Seen {
+    at: Instant,
     authorization: Option<String>,
     content_type: Option<String>,
     body: Value,
@@ -62,6 +65,7 @@ impl FakeApp {
                     let header =
                         |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
                     seen.lock().unwrap().push(Seen {
+                        at: Instant::now(),
                         authorization: header("authorization"),
                         content_type: header("content-type"),
                         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
@@ -115,6 +119,10 @@ async fn answer(reply: Reply) -> Response {
         }
         Reply::Slow(delay, v) => {
             tokio::time::sleep(delay).await;
+            axum::Json(v).into_response()
+        }
+        Reply::Gated(gate, v) => {
+            gate.acquire().await.unwrap().forget();
             axum::Json(v).into_response()
         }
     }
@@ -434,6 +442,54 @@ async fn a_recovered_authorizer_is_asked_again() {
     let (channels, _) = granted(&gw, "logs:ws2", &token).await;
     assert_eq!(channels, ["logs:ws2"]);
     assert_eq!(app.count(), 2);
+}
+
+#[tokio::test]
+async fn requests_in_flight_are_bounded_by_max_concurrent() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = FakeApp::start(Reply::Gated(gate.clone(), json!({"allow": ["logs:ws2"]}))).await;
+    let gw = gateway(&app.url, AuthzMode::Fallback, |raw| {
+        raw.authz.max_concurrent = 1;
+        raw.authz.timeout_ms = 10_000;
+    })
+    .await;
+    let (alice, bob) = (
+        gw.token("alice", &[], &[], 600),
+        gw.token("bob", &[], &[], 600),
+    );
+    let first_arrived = async {
+        let deadline = Instant::now() + WAIT;
+        while app.count() == 0 {
+            assert!(Instant::now() < deadline, "the first request never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let first = gw.sse_response("/api/sse?channels=logs:ws2", Some(&alice), None);
+    let second = async {
+        first_arrived.await;
+        gw.sse_response("/api/sse?channels=logs:ws2", Some(&bob), None)
+            .await
+    };
+    let release = async {
+        while app.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Time for bob's open to reach the gateway: unbounded, its request would arrive now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let released = Instant::now();
+        gate.add_permits(2);
+        released
+    };
+    let (first, second, released) = tokio::join!(first, second, release);
+    assert_eq!(first.status(), 200);
+    assert_eq!(second.status(), 200);
+    let seen = app.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body["sub"], "bob");
+    assert!(
+        seen[1].at >= released,
+        "bob's request waited until alice's was answered"
+    );
 }
 
 #[tokio::test]
