@@ -4,8 +4,8 @@
 //! publish use the new material. Anything bad keeps the running material, is logged and counted
 //! (`sse_gateway_config_reloads_total{result="error"}`).
 //!
-//! Reloaded: TLS of both listeners, the JWT key, `[[publishers]]`, `[authz]`. Every other key (addresses,
-//! limits, broker, channel types) needs a restart.
+//! Reloaded: TLS of both listeners, the JWT key, `[[publishers]]`, `[authz]`. Every other key
+//! (addresses, limits, broker, channel types) needs a restart.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
