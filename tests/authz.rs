@@ -30,6 +30,8 @@ enum Reply {
     Garbage,
     /// 200 with a 2 MiB JSON body, streamed (no Content-Length), that would allow `logs:ws2`.
     Huge,
+    /// The same body in one piece, with its Content-Length.
+    HugeWithLength,
     /// The JSON, after this delay.
     Slow(Duration, Value),
     /// The JSON, once a permit of the semaphore is released for it.
@@ -116,6 +118,10 @@ async fn answer(reply: Reply) -> Response {
                 .chain(std::iter::once(Bytes::from_static(b"\"}")))
                 .map(Ok::<_, std::io::Error>);
             Body::from_stream(futures_util::stream::iter(chunks)).into_response()
+        }
+        Reply::HugeWithLength => {
+            let pad = "x".repeat(2 * 1024 * 1024);
+            axum::Json(json!({"allow": ["logs:ws2"], "pad": pad})).into_response()
         }
         Reply::Slow(delay, v) => {
             tokio::time::sleep(delay).await;
@@ -427,6 +433,11 @@ async fn garbage_json_is_unavailable() {
 #[tokio::test]
 async fn a_huge_answer_is_unavailable() {
     fails_closed(Some(Reply::Huge), "malformed").await;
+}
+
+#[tokio::test]
+async fn a_huge_answer_with_its_length_is_unavailable() {
+    fails_closed(Some(Reply::HugeWithLength), "malformed").await;
 }
 
 #[tokio::test]
