@@ -16,6 +16,8 @@
 //!                    → live frames, heartbeats, expiry
 //! admin              /health, /ready, /metrics, /admin (Admin extractor); history samples
 //!                    the metrics every 5 s for the dashboard's 15-minute charts
+//! authz              the app's permission callback ([authz]): asked by egress for channels
+//!                    the token does not settle, answers cached per (user, channel)
 //! ```
 //!
 //! Around them, imports pointing down this list only:
@@ -37,6 +39,7 @@
 mod admin;
 pub mod app;
 pub mod auth;
+mod authz;
 pub mod broker;
 pub mod channel;
 pub mod client;

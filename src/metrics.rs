@@ -259,6 +259,15 @@ pub struct Metrics {
     pub authz: AuthzStats,
     /// The unprefixed `process_*` metrics.
     process: Registry,
+    /// `[authz]` callback requests by result (`ok`, `timeout`, `error`, `bad_status`,
+    /// `malformed`).
+    pub authz_requests: Family<ResultLabel, Counter>,
+    /// Seconds one `[authz]` callback request took, whatever its result.
+    pub authz_request_seconds: Histogram,
+    /// (user, channel) `[authz]` answers found in the cache.
+    pub authz_cache_hits: Counter,
+    /// (user, channel) `[authz]` answers not in the cache (asked of the callback).
+    pub authz_cache_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -358,6 +367,33 @@ impl Metrics {
         registry.register_collector(Box::new(TailLagCollector(redis_tail.clone())));
         let mut process = Registry::default();
         process.register_collector(Box::new(process::ProcessCollector));
+        // [authz]
+        let authz_requests = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "authz_requests",
+            "Permission callback requests by result",
+            authz_requests.clone(),
+        );
+        let authz_request_seconds = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
+        registry.register(
+            "authz_request_seconds",
+            "Seconds one permission callback request took",
+            authz_request_seconds.clone(),
+        );
+        let authz_cache_hits = Counter::default();
+        registry.register(
+            "authz_cache_hits",
+            "Permission answers (user, channel) found in the cache",
+            authz_cache_hits.clone(),
+        );
+        let authz_cache_misses = Counter::default();
+        registry.register(
+            "authz_cache_misses",
+            "Permission answers (user, channel) not in the cache",
+            authz_cache_misses.clone(),
+        );
         Self {
             registry,
             connections,
@@ -380,6 +416,10 @@ impl Metrics {
                 failures: AtomicU64::new(0),
             },
             process,
+            authz_requests,
+            authz_request_seconds,
+            authz_cache_hits,
+            authz_cache_misses,
         }
     }
 
@@ -438,6 +478,19 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// Counts one `[authz]` callback request and its duration.
+    pub fn authz_request(&self, result: &'static str, seconds: f64) {
+        self.authz_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        self.authz_request_seconds.observe(seconds);
+        // The admin history's authorizer charts.
+        self.authz.observe(seconds);
+        if result != "ok" {
+            self.authz.failed();
+        }
     }
 
     /// The Prometheus text exposition.

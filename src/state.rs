@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtVerifier, TokenAuth};
+use crate::authz::Authorizer;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::history::History;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub tls: bool,
     /// Set in the dev setup: mounts the demo page.
     pub(crate) demo: Option<DemoState>,
+    /// The app's permission callback and its answer cache (a reload swaps its settings).
+    pub(crate) authz: Authorizer,
 }
 
 impl FromRef<AppState> for TokenAuth {

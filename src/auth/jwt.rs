@@ -39,6 +39,26 @@ pub struct Subscriber {
     pub roles: Vec<String>,
     /// Token expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// The verified token itself, forwarded to the `[authz]` callback so that the app can
+    /// check the user its own way.
+    pub(crate) token: BearerToken,
+}
+
+/// A subscriber's raw token: `Debug` never shows it, and it is never serialized.
+#[derive(Clone)]
+pub(crate) struct BearerToken(std::sync::Arc<str>);
+
+impl BearerToken {
+    /// The token, for the `Authorization` header of the callback.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 impl Subscriber {
@@ -231,6 +251,7 @@ impl JwtVerifier {
             patterns,
             roles: claims.roles,
             exp: claims.exp,
+            token: BearerToken(token.into()),
         })
     }
 }

@@ -113,9 +113,13 @@ pub(crate) async fn stream(
         }
     }
     let asked = !requested.is_empty();
-    let (granted, denied) = authorize(&state.config.channel_types, &user, requested);
+    let (granted, denied) =
+        authorize(&state.config.channel_types, &state.authz, &user, requested).await;
     if asked && granted.is_empty() {
-        let list: Vec<&str> = denied.iter().map(|d| d.channel.as_str()).collect();
+        let list: Vec<String> = denied
+            .iter()
+            .map(|d| format!("{} ({})", d.channel, d.reason))
+            .collect();
         return Err(GatewayError::PermissionDenied(format!(
             "not permitted to read any requested channel: {}",
             list.join(", ")

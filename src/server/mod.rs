@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 pub use reload::{load_material, ConfigSource, Material, ReloadError};
 
+use crate::authz::Authorizer;
 use crate::broker::{Broker, MemoryLog, RedisLog};
 use crate::config::{BrokerKind, Config};
 use crate::history::{History, SAMPLE_EVERY};
@@ -126,6 +127,7 @@ impl Gateway {
         let verifier = Live::new(material.verifier);
         let grpc_tls = Live::new(material.grpc_tls);
         let http_tls = material.http_tls.map(Live::new);
+        let authz = Authorizer::new(material.authz, metrics.clone());
         let state = AppState {
             pipeline: Pipeline {
                 config: config.clone(),
@@ -146,6 +148,7 @@ impl Gateway {
             started: Instant::now(),
             tls: http_tls.is_some(),
             demo,
+            authz: authz.clone(),
         };
         let routes = crate::router::grpc_routes(&state).await?;
         tasks.spawn(state.history.clone().run(SAMPLE_EVERY, shutdown.clone()));
@@ -184,6 +187,7 @@ impl Gateway {
                 http_tls,
                 metrics,
                 running: Mutex::new(()),
+                authz,
             },
             tasks,
         })
