@@ -4,14 +4,14 @@
 //! subscribers in O(1) and never blocks: a subscriber whose queue is full is closed (slow
 //! consumer) and resumes by cursor.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
@@ -94,7 +94,7 @@ pub struct Connection {
     /// When it opened.
     pub connected_at: SystemTime,
     channels: Mutex<BTreeSet<ChannelName>>,
-    tx: mpsc::Sender<Item>,
+    queue: Queue,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     delivery: AtomicU8,
@@ -162,16 +162,11 @@ impl Connection {
         let is_event = matches!(item, Item::Event(_));
         // Reserve the bytes first, so the reader's decrement can never run before the increment.
         let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        let full = if before.saturating_add(len) > self.max_bytes {
-            true
-        } else {
-            match self.tx.try_send(item) {
-                Ok(()) => return true,
-                Err(e) => matches!(e, mpsc::error::TrySendError::Full(_)),
-            }
-        };
+        if before.saturating_add(len) <= self.max_bytes && self.queue.push(item) {
+            return true;
+        }
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-        if full {
+        {
             // While replaying, the event is in the log and a later page reads it; a live
             // stream whose queue overflows is a slow consumer.
             let falls_back = is_event
@@ -195,6 +190,94 @@ impl Connection {
         self.closed.cancel();
         if let Some(t) = &self.transport {
             t.cancel();
+        }
+    }
+}
+
+/// A connection's bounded queue: one consumer (its stream), many producers (dispatch, control
+/// frames). Holds no allocation while empty — most streams are idle most of the time — and
+/// gives back what a burst grew.
+#[derive(Debug)]
+struct Queue {
+    items: Mutex<VecDeque<Item>>,
+    /// Woken on each push; a push while the consumer is not waiting leaves a permit, so a
+    /// wake-up between its check and its wait is not lost.
+    ready: Notify,
+    capacity: usize,
+}
+
+/// Capacity kept after the queue has been drained; a larger one is released.
+const QUEUE_KEEP: usize = 16;
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            items: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Item>> {
+        // No invariant spans these short critical sections: a poisoned lock is recovered.
+        self.items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends `item`; false when the queue is full.
+    fn push(&self, item: Item) -> bool {
+        {
+            let mut items = self.lock();
+            if items.len() >= self.capacity {
+                return false;
+            }
+            items.push_back(item);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Moves up to `limit` items into `out`; returns how many.
+    fn take(&self, out: &mut Vec<Item>, limit: usize) -> usize {
+        let mut items = self.lock();
+        let n = items.len().min(limit);
+        out.extend(items.drain(..n));
+        if items.is_empty() && items.capacity() > QUEUE_KEEP {
+            *items = VecDeque::new();
+        }
+        n
+    }
+}
+
+/// The consuming end of a connection's queue (the stream's).
+pub struct Receiver {
+    connection: Arc<Connection>,
+}
+
+impl Receiver {
+    /// The next queued item, without waiting.
+    pub fn try_recv(&mut self) -> Option<Item> {
+        let queue = &self.connection.queue;
+        let mut items = queue.lock();
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > QUEUE_KEEP {
+            *items = VecDeque::new();
+        }
+        item
+    }
+
+    /// Waits for at least one item, then moves up to `limit` queued items into `out` (all
+    /// that are waiting, bounded): one wake-up and one write carry a burst. Returns how many.
+    /// Cancel-safe: nothing is taken unless it returns.
+    pub async fn recv_many(&mut self, out: &mut Vec<Item>, limit: usize) -> usize {
+        let queue = &self.connection.queue;
+        loop {
+            let n = queue.take(out, limit.max(1));
+            if n > 0 {
+                return n;
+            }
+            queue.ready.notified().await;
         }
     }
 }
@@ -286,15 +369,14 @@ impl Hub {
     pub fn register(
         self: &Arc<Self>,
         new: NewConnection,
-    ) -> Result<(Registration, mpsc::Receiver<Item>), GatewayError> {
-        let (tx, rx) = mpsc::channel(new.queue_events);
+    ) -> Result<(Registration, Receiver), GatewayError> {
         let connection = Arc::new(Connection {
             id: random_id(),
             sub: new.sub,
             roles: new.roles,
             connected_at: SystemTime::now(),
             channels: Mutex::new(new.channels.iter().cloned().collect()),
-            tx,
+            queue: Queue::new(new.queue_events),
             queued_bytes: AtomicUsize::new(0),
             delivery: AtomicU8::new(if new.replaying {
                 Delivery::Replaying
@@ -333,6 +415,9 @@ impl Hub {
         }
         self.metrics.connections.inc();
         self.metrics.subscriptions.inc_by(new.channels.len() as i64);
+        let rx = Receiver {
+            connection: connection.clone(),
+        };
         Ok((
             Registration {
                 hub: self.clone(),
@@ -558,7 +643,7 @@ mod tests {
         ChannelName::parse_syntax("logs:ws1").unwrap()
     }
 
-    fn register(hub: &Arc<Hub>, replaying: bool) -> (Registration, mpsc::Receiver<Item>) {
+    fn register(hub: &Arc<Hub>, replaying: bool) -> (Registration, Receiver) {
         hub.register(NewConnection {
             sub: "alice".into(),
             roles: Vec::new(),
@@ -634,7 +719,7 @@ mod tests {
             conn.closed.is_cancelled(),
             "live overflow closes the stream"
         );
-        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_some());
     }
 
     #[test]
