@@ -4,7 +4,7 @@
 //! subscribers in O(1) and never blocks: a subscriber whose queue is full is closed (slow
 //! consumer) and resumes by cursor.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -93,7 +93,7 @@ pub struct Connection {
     pub roles: Vec<String>,
     /// When it opened.
     pub connected_at: SystemTime,
-    channels: Mutex<BTreeSet<ChannelName>>,
+    channels: Mutex<ChannelSet>,
     queue: Queue,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
@@ -191,6 +191,54 @@ impl Connection {
         if let Some(t) = &self.transport {
             t.cancel();
         }
+    }
+}
+
+/// A connection's channels, sorted: a vector sized to its few entries (a B-tree node would take
+/// a couple of hundred bytes for a stream of one channel).
+#[derive(Debug)]
+struct ChannelSet(Vec<ChannelName>);
+
+impl ChannelSet {
+    fn new(channels: &[ChannelName]) -> Self {
+        let mut v = channels.to_vec();
+        v.sort();
+        v.dedup();
+        Self(v)
+    }
+
+    fn contains(&self, ch: &ChannelName) -> bool {
+        self.0.binary_search(ch).is_ok()
+    }
+
+    /// False when it was there already.
+    fn insert(&mut self, ch: ChannelName) -> bool {
+        match self.0.binary_search(&ch) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, ch);
+                true
+            }
+        }
+    }
+
+    /// False when it was not there.
+    fn remove(&mut self, ch: &ChannelName) -> bool {
+        match self.0.binary_search(ch) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, ChannelName> {
+        self.0.iter()
     }
 }
 
@@ -375,7 +423,7 @@ impl Hub {
             sub: new.sub,
             roles: new.roles,
             connected_at: SystemTime::now(),
-            channels: Mutex::new(new.channels.iter().cloned().collect()),
+            channels: Mutex::new(ChannelSet::new(&new.channels)),
             queue: Queue::new(new.queue_events),
             queued_bytes: AtomicUsize::new(0),
             delivery: AtomicU8::new(if new.replaying {
@@ -720,6 +768,51 @@ mod tests {
             "live overflow closes the stream"
         );
         assert!(rx.try_recv().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_taken_in_one_wake_up_in_order_and_no_buffer_is_kept() {
+        let hub = hub();
+        let (reg, mut rx) = hub
+            .register(NewConnection {
+                sub: "alice".into(),
+                roles: Vec::new(),
+                channels: vec![channel()],
+                queue_events: 64,
+                queue_bytes: 1 << 20,
+                max_per_user: 8,
+                max_total: 8,
+                transport: None,
+                replaying: false,
+            })
+            .unwrap();
+        for n in 0..40 {
+            assert_eq!(hub.dispatch(&event(n)), 1);
+        }
+        let mut items = Vec::new();
+        assert_eq!(rx.recv_many(&mut items, 256).await, 40);
+        let minors: Vec<u64> = items
+            .iter()
+            .map(|item| match item {
+                Item::Event(ev) => ev.position.minor,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(minors, (0..40).collect::<Vec<_>>());
+        assert_eq!(reg.connection.queue.lock().capacity(), 0);
+        // Empty: the receiver waits until the next push.
+        let waiter = tokio::spawn(async move {
+            let mut items = Vec::new();
+            rx.recv_many(&mut items, 8).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        hub.dispatch(&event(40));
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -120,17 +120,22 @@ pub(super) async fn serve(
         Ok(response) => response,
         Err(never) => match never {},
     };
-    let (parts, body) = response.into_parts();
-    let status = parts.status;
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let length = body.size_hint().exact();
-    let chunked = !bodiless && length.is_none();
-    let mut out = BytesMut::with_capacity(512);
-    write_head(&mut out, status, &parts.headers, length, chunked, close);
+    // The header map is dropped before the body streams, which may be for hours.
+    let (out, body, bodiless, chunked) = {
+        let (parts, body) = response.into_parts();
+        let status = parts.status;
+        let bodiless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let length = body.size_hint().exact();
+        let chunked = !bodiless && length.is_none();
+        let mut out = BytesMut::with_capacity(512);
+        write_head(&mut out, status, &parts.headers, length, chunked, close);
+        (out, body, bodiless, chunked)
+    };
     let mut stash = Vec::new();
     let ended = if bodiless {
+        let mut out = out;
         write(&mut tcp, &mut out, &kill).await
     } else {
         pump(&mut tcp, body, out, chunked, &kill, &mut stash).await
