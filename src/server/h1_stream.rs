@@ -74,7 +74,8 @@ enum Parsed {
 /// otherwise, or after a finished response on a connection the client keeps alive.
 ///
 /// A head not complete within `header_timeout` closes the connection, as does shutdown before
-/// it is complete. `kill`, once cancelled (slow consumer), drops the connection.
+/// it is complete. The request carries a [`TransportKill`]: cancelling it (a slow consumer)
+/// drops the connection, even in the middle of a blocked write.
 pub(super) async fn serve(
     mut tcp: TcpStream,
     router: Router,
