@@ -25,7 +25,6 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{authorize, Denied, TransportKill};
@@ -33,7 +32,7 @@ use crate::auth::Subscriber;
 use crate::channel::ChannelName;
 use crate::error::GatewayError;
 use crate::event::{render_control, Event, Position};
-use crate::hub::{Item, NewConnection, Registration};
+use crate::hub::{Item, NewConnection, Receiver, Registration};
 use crate::state::AppState;
 
 /// Events per history page during replay.
@@ -222,7 +221,7 @@ enum Replay {
 struct SseStream {
     state: AppState,
     registration: Registration,
-    rx: mpsc::Receiver<Item>,
+    rx: Receiver,
     first: Option<Bytes>,
     replay: Option<Replay>,
     /// Events at or before this position were sent by the replay.
@@ -258,7 +257,9 @@ impl SseStream {
             if self.snapshot_due {
                 self.snapshot_due = false;
                 let mut out = BytesMut::new();
-                self.write_snapshots(&mut out).await;
+                // Boxed, like the replay below: an idle stream's state is sized for the wait
+                // for live events, not for a log read it did once.
+                Box::pin(self.write_snapshots(&mut out)).await;
                 let mut carry = std::mem::take(&mut self.carry);
                 self.render(&mut carry, &mut out);
                 if out.is_empty() {
@@ -267,7 +268,7 @@ impl SseStream {
                 return Some(out.freeze());
             }
             if let Some(replay) = self.replay.take() {
-                let page = self.replay_page(replay).await;
+                let page = Box::pin(self.replay_page(replay)).await;
                 if page.is_empty() {
                     continue;
                 }
@@ -339,7 +340,7 @@ impl SseStream {
                     // `finish_replay` would have said so), so the queue holds every event after
                     // that page's read. Write them now, leaving the queue empty.
                     let mut items = Vec::new();
-                    while let Ok(item) = self.rx.try_recv() {
+                    while let Some(item) = self.rx.try_recv() {
                         items.push(item);
                     }
                     self.render(&mut items, &mut out);
@@ -383,7 +384,7 @@ impl SseStream {
     /// Control frames are kept.
     fn drain_during_replay(&mut self, out: &mut BytesMut) {
         let conn = self.registration.connection.clone();
-        while let Ok(item) = self.rx.try_recv() {
+        while let Some(item) = self.rx.try_recv() {
             conn.dequeued(&item);
             match item {
                 Item::Event(_) => {}
@@ -506,14 +507,15 @@ impl SseStream {
     }
 
     async fn live(&mut self) -> Option<Bytes> {
-        let mut items = Vec::with_capacity(COALESCE);
+        // Empty until items arrive: an idle stream holds no buffer.
+        let mut items = Vec::new();
         let mut out = BytesMut::new();
         let conn = self.registration.connection.clone();
         tokio::select! {
             biased;
             () = self.state.shutdown.cancelled() => {
                 // Flush what is queued, then close: clients resume by cursor.
-                while let Ok(item) = self.rx.try_recv() {
+                while let Some(item) = self.rx.try_recv() {
                     items.push(item);
                 }
                 self.render(&mut items, &mut out);

@@ -4,6 +4,7 @@
 //! The caller decides mode, files and ports; nothing here knows whether it runs the dev setup.
 
 mod grpc;
+mod h1_stream;
 mod http;
 mod reload;
 
