@@ -93,29 +93,36 @@ fn main() -> ExitCode {
         }
     };
     let quick = cli.quick;
-    let run = async move {
-        match command {
-            Command::Fanout(a) => scenario::fanout(&if quick { a.quick() } else { a }).await,
-            Command::Idle(a) => scenario::idle(&if quick { a.quick() } else { a }).await,
-            Command::Ingest(a) => scenario::ingest(&if quick { a.quick() } else { a }).await,
-            Command::All(a) => scenario::all(&a, quick).await,
-            Command::Worker(_) => Ok(Vec::new()),
-        }
+    let mut rows = Vec::new();
+    let run = async {
+        let mut more = match command {
+            Command::Fanout(a) => scenario::fanout(&if quick { a.quick() } else { a }).await?,
+            Command::Idle(a) => scenario::idle(&if quick { a.quick() } else { a }).await?,
+            Command::Ingest(a) => scenario::ingest(&if quick { a.quick() } else { a }).await?,
+            Command::All(a) => {
+                scenario::all(&a, quick, &mut rows).await?;
+                Vec::new()
+            }
+            Command::Worker(_) => Vec::new(),
+        };
+        rows.append(&mut more);
+        anyhow::Ok(())
     };
     let started = std::time::Instant::now();
     let result = runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(cli.max_secs), run).await });
-    let rows = match result {
-        Ok(Ok(rows)) => rows,
+    let mut failed = false;
+    match result {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
             eprintln!("loadgen: {e:#}");
-            return ExitCode::FAILURE;
+            failed = true;
         }
         Err(_) => {
             eprintln!("loadgen: stopped after --max-secs {}", cli.max_secs);
-            return ExitCode::FAILURE;
+            failed = true;
         }
-    };
+    }
     // Servers and workers are children with kill-on-drop: dropping the runtime ends them.
     drop(runtime);
     println!(
@@ -134,7 +141,7 @@ fn main() -> ExitCode {
         }
     );
     print!("{}", scenario::table(&rows));
-    if rows.iter().any(scenario::Row::failed) {
+    if failed || rows.iter().any(scenario::Row::failed) {
         eprintln!("loadgen: some measurements failed (see the table)");
         return ExitCode::FAILURE;
     }

@@ -64,15 +64,24 @@ pub struct Common {
     /// Redis for `--broker redis`.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Run the gateway under this command (e.g. `valgrind --tool=callgrind`), space-separated.
+    #[arg(long, default_value = "")]
+    pub gateway_wrap: String,
 }
 
 impl Common {
     fn programs(&self) -> anyhow::Result<Programs> {
-        Programs::locate(
+        let mut programs = Programs::locate(
             self.gateway_bin.clone(),
             self.nchan_script.clone(),
             self.redis_url.clone(),
-        )
+        )?;
+        programs.wrap = self
+            .gateway_wrap
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        Ok(programs)
     }
 
     fn workers(&self, subscribers: usize) -> usize {
@@ -254,8 +263,8 @@ impl FanoutArgs {
             .iter()
             .map(|r| (r / 100.0).clamp(100.0, 20_000.0))
             .collect();
-        self.warmup = 0.2;
-        self.window = 0.3;
+        self.warmup = 0.1;
+        self.window = 0.25;
         self.common.target.get_or_insert(Targets::Gateway);
         self
     }
@@ -355,7 +364,7 @@ impl Bench<'_> {
         let mut last = s1.received;
         let drain_until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < drain_until {
-            sleep(0.25).await;
+            sleep((a.window / 2.0).min(0.25)).await;
             let s = self.fleet.snap().await?;
             if s.received == last {
                 break;
@@ -725,7 +734,7 @@ pub struct IngestArgs {
 impl IngestArgs {
     pub fn quick(mut self) -> Self {
         self.warmup = 0.1;
-        self.window = 0.3;
+        self.window = 0.25;
         self.common.target.get_or_insert(Targets::Gateway);
         self
     }
@@ -835,7 +844,10 @@ impl AllArgs {
 }
 
 /// Every row of the README table, gateway and Nchan in turn, in one run.
-pub async fn all(args: &AllArgs, quick: bool) -> anyhow::Result<Vec<Row>> {
+///
+/// Rows are appended to `rows` as they are measured, so a run stopped by `--max-secs` still
+/// prints what it has.
+pub async fn all(args: &AllArgs, quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut common = args.common.clone();
     if common.target.is_none() {
         common.target = Some(if args.no_nchan || quick {
@@ -887,7 +899,6 @@ pub async fn all(args: &AllArgs, quick: bool) -> anyhow::Result<Vec<Row>> {
         };
         (if quick { a.quick() } else { a }, target.to_owned())
     };
-    let mut rows = Vec::new();
     let one = fanout(1000, 1, vec![1_200_000.0], 300_000.0);
     let mut r = fanout_targets(&one, &["p99 ≤ 50 ms", "≥ 2.4 M/s"]).await?;
     rows.append(&mut r);
@@ -926,7 +937,7 @@ pub async fn all(args: &AllArgs, quick: bool) -> anyhow::Result<Vec<Row>> {
             rows.push(r);
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 async fn fanout_targets(args: &FanoutArgs, targets: &[&str]) -> anyhow::Result<Vec<Row>> {

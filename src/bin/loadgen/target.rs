@@ -47,6 +47,8 @@ pub struct Programs {
     pub gateway: PathBuf,
     pub nchan_script: PathBuf,
     pub redis_url: String,
+    /// A command the gateway runs under (a profiler), empty for none.
+    pub wrap: Vec<String>,
 }
 
 impl Programs {
@@ -76,6 +78,7 @@ impl Programs {
             gateway,
             nchan_script,
             redis_url,
+            wrap: Vec::new(),
         })
     }
 }
@@ -90,6 +93,8 @@ pub struct Server {
     child: Option<tokio::process::Child>,
     nchan_script: PathBuf,
     redis: Option<(String, String)>,
+    /// Runs under a profiler: slow to start and to stop.
+    wrapped: bool,
 }
 
 fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
@@ -158,7 +163,15 @@ channels = ["**"]
         let file = dir.join("gateway.toml");
         std::fs::write(&file, config)?;
         let log = std::fs::File::create(dir.join("gateway.log"))?;
-        let mut child = tokio::process::Command::new(&programs.gateway)
+        let mut command = match programs.wrap.split_first() {
+            Some((tool, args)) => {
+                let mut c = tokio::process::Command::new(tool);
+                c.args(args).arg(&programs.gateway);
+                c
+            }
+            None => tokio::process::Command::new(&programs.gateway),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&file)
@@ -171,7 +184,8 @@ channels = ["**"]
             .with_context(|| format!("starting {}", programs.gateway.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), async {
+        let patience = if programs.wrap.is_empty() { 30 } else { 300 };
+        let line = tokio::time::timeout(Duration::from_secs(patience), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.starts_with("listening:") {
                     return Some(line);
@@ -214,6 +228,7 @@ channels = ["**"]
             child: Some(child),
             nchan_script: programs.nchan_script.clone(),
             redis: (broker == Broker::Redis).then(|| (programs.redis_url.clone(), prefix)),
+            wrapped: !programs.wrap.is_empty(),
         })
     }
 
@@ -249,6 +264,7 @@ channels = ["**"]
             child: None,
             nchan_script: programs.nchan_script.clone(),
             redis: None,
+            wrapped: false,
         })
     }
 
@@ -336,7 +352,21 @@ channels = ["**"]
 
     pub async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
+            // SIGTERM first: the gateway drains and exits, and a profiler it runs under
+            // writes its data; SIGKILL when it takes too long.
+            if let Some(pid) = child.id() {
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            let patience = if self.wrapped { 120 } else { 10 };
+            if tokio::time::timeout(Duration::from_secs(patience), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
         }
         if self.kind == Kind::Nchan {
             let _ = tokio::process::Command::new("bash")
