@@ -307,17 +307,26 @@ struct Step {
     sustained: bool,
     why: String,
     cpu: f64,
+    /// Of which in the kernel.
+    sys: f64,
+    /// Write system calls per second.
+    writes: f64,
+    /// CPU of the subscriber workers, cores.
+    workers: f64,
 }
 
 impl Step {
     fn line(&self) -> String {
         format!(
-            "offered {}/s → delivered {}/s, p50 {:.1} ms, p99 {:.1} ms, server CPU {:.2} cores{}{}",
+            "offered {}/s → delivered {}/s, p50 {:.1} ms, p99 {:.1} ms, server CPU {:.2} cores ({:.2} kernel), {:.2} deliveries per write call; subscriber workers {:.2} cores{}{}",
             si(self.offered),
             si(self.delivered),
             self.p50,
             self.p99,
             self.cpu,
+            self.sys,
+            self.delivered / self.writes.max(1.0),
+            self.workers,
             if self.sustained {
                 ", sustained"
             } else {
@@ -353,11 +362,20 @@ impl Bench<'_> {
         let publishing = Publishing::start(self.server, &plan).await?;
         sleep(a.warmup).await;
         let s0 = self.fleet.snap().await?;
-        let (acked0, cpu0, t0) = (publishing.acked(), self.server.cpu_secs(), Instant::now());
+        let (acked0, u0, w0, t0) = (
+            publishing.acked(),
+            self.server.usage(),
+            self.fleet.cpu_secs(),
+            Instant::now(),
+        );
         sleep(a.window).await;
         let s1 = self.fleet.snap().await?;
         let dt = t0.elapsed().as_secs_f64();
-        let (acked1, cpu1) = (publishing.acked(), self.server.cpu_secs());
+        let (acked1, u1, w1) = (
+            publishing.acked(),
+            self.server.usage(),
+            self.fleet.cpu_secs(),
+        );
         let errors = publishing.errors();
         let counters = publishing.stop().await;
         // Drain: wait until nothing more arrives (bounded), so the next step starts clean.
@@ -410,7 +428,10 @@ impl Bench<'_> {
             closed,
             sustained: why.is_empty(),
             why: why.join("; "),
-            cpu: (cpu1 - cpu0) / dt,
+            cpu: (u1.user + u1.sys - u0.user - u0.sys) / dt,
+            sys: (u1.sys - u0.sys) / dt,
+            writes: (u1.writes - u0.writes) as f64 / dt,
+            workers: (w1 - w0) / dt,
         })
     }
 
@@ -440,12 +461,25 @@ impl Bench<'_> {
             let s = self.step(rate, a.knee_p99_ms).await?;
             log(format!("  knee step: {}", s.line()));
             self.heal(&s).await?;
-            if s.sustained {
-                best = Some(s);
-                rate *= a.knee_factor;
-            } else {
-                failed = Some(rate);
-                break;
+            match (s.sustained, best.is_some()) {
+                (true, _) if failed.is_some() => {
+                    // Stepping down found a sustained rate below the failed one.
+                    best = Some(s);
+                    break;
+                }
+                (true, _) => {
+                    best = Some(s);
+                    rate *= a.knee_factor;
+                }
+                (false, true) => {
+                    failed = Some(rate);
+                    break;
+                }
+                (false, false) => {
+                    // The first rate already fails: step down until one is sustained.
+                    failed = Some(rate);
+                    rate /= a.knee_factor;
+                }
             }
         }
         if let (Some(mut hi), Some(_)) = (failed, best.as_ref()) {
@@ -482,7 +516,7 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         .collect();
     if args.knee {
         rows.push(Row::new(
-            format!("{label}: deliveries/s at the knee"),
+            format!("{label}: sustained deliveries/s (the knee)"),
             "",
             true,
         ));
@@ -570,7 +604,11 @@ async fn fanout_one(
                     },
                     None => Fig {
                         value: 0.0,
-                        text: format!("below {}/s (first step not sustained)", si(args.knee_from)),
+                        text: format!(
+                            "none sustained from {}/s down to {}/s",
+                            si(args.knee_from),
+                            si(args.knee_from / args.knee_factor.powi(args.knee_steps as i32 - 1))
+                        ),
                     },
                 });
             }

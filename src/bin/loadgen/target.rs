@@ -330,24 +330,28 @@ channels = ["**"]
 
     /// CPU time (user + system) of the server processes so far, seconds.
     pub fn cpu_secs(&self) -> f64 {
-        self.pids()
-            .iter()
-            .map(|&pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                let fields: Vec<&str> = stat
-                    .rsplit_once(')')
-                    .map(|(_, r)| r.split_whitespace().collect())
-                    .unwrap_or_default();
-                // After the comm: state is field 3, utime 14, stime 15 (1-based, man proc).
-                let ticks = |i: usize| {
-                    fields
-                        .get(i - 3)
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .unwrap_or(0.0)
-                };
-                (ticks(14) + ticks(15)) / 100.0
-            })
-            .sum()
+        let u = self.usage();
+        u.user + u.sys
+    }
+
+    /// CPU time by mode and write/read system calls of the server processes so far.
+    pub fn usage(&self) -> Usage {
+        let mut total = Usage::default();
+        for pid in self.pids() {
+            let (user, sys) = cpu_of(pid);
+            total.user += user;
+            total.sys += sys;
+            let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+            let count = |key: &str| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            total.writes += count("syscw:");
+            total.reads += count("syscr:");
+        }
+        total
     }
 
     pub async fn stop(mut self) {
@@ -386,6 +390,32 @@ channels = ["**"]
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Server CPU seconds (user, system) and system calls (`syscw`, `syscr` of `/proc/<pid>/io`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub user: f64,
+    pub sys: f64,
+    pub writes: u64,
+    pub reads: u64,
+}
+
+/// CPU seconds (user, system) of a process so far.
+pub fn cpu_of(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the comm: state is field 3, utime 14, stime 15 (1-based, man proc); clock ticks.
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) / 100.0, ticks(15) / 100.0)
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {

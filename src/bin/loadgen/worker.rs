@@ -424,6 +424,18 @@ impl Fleet {
         Ok(merged)
     }
 
+    /// CPU seconds the workers used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        self.procs
+            .iter()
+            .filter_map(|p| p.child.id())
+            .map(|pid| {
+                let (user, sys) = crate::target::cpu_of(pid);
+                user + sys
+            })
+            .sum()
+    }
+
     pub async fn stop(self) {
         for mut p in self.procs {
             let _ = p.stdin.write_all(b"quit\n").await;
