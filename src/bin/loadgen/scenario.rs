@@ -159,7 +159,9 @@ pub fn table(rows: &[Row]) -> String {
                 } else {
                     n.value / g.value
                 };
-                if x >= 1.0 {
+                if (0.95..=1.05).contains(&x) {
+                    "about the same".to_owned()
+                } else if x >= 1.0 {
                     format!("gateway {x:.1}× better")
                 } else {
                     format!("Nchan {:.1}× better", 1.0 / x)
