@@ -833,7 +833,9 @@ async fn ingest_one(kind: Kind, programs: &Programs, args: &IngestArgs) -> anyho
         let (a1, cpu1) = (publishing.acked(), server.cpu_secs());
         let errors = publishing.errors();
         let counters = publishing.stop().await;
-        if a1 == a0 || errors > 0 {
+        // Any error, or nothing acknowledged at all, means publishing is broken (a slow window
+        // is a figure, not a failure).
+        if a1 == 0 || errors > 0 {
             anyhow::bail!(
                 "{} acknowledged, {errors} errors: {}",
                 a1 - a0,
