@@ -109,8 +109,13 @@ fn main() -> ExitCode {
         anyhow::Ok(())
     };
     let started = std::time::Instant::now();
-    let result = runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(cli.max_secs), run).await });
+    // Ctrl-C drops the run like --max-secs does: servers are stopped on drop.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(cli.max_secs), run) => r,
+            _ = tokio::signal::ctrl_c() => Ok(Err(anyhow::anyhow!("interrupted"))),
+        }
+    });
     let mut failed = false;
     match result {
         Ok(Ok(())) => {}

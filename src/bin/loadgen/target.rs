@@ -95,6 +95,8 @@ pub struct Server {
     redis: Option<(String, String)>,
     /// Runs under a profiler: slow to start and to stop.
     wrapped: bool,
+    /// `stop` ran; otherwise `Drop` stops what it can (a run cut short by `--max-secs` or Ctrl-C).
+    stopped: bool,
 }
 
 fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
@@ -229,6 +231,7 @@ channels = ["**"]
             nchan_script: programs.nchan_script.clone(),
             redis: (broker == Broker::Redis).then(|| (programs.redis_url.clone(), prefix)),
             wrapped: !programs.wrap.is_empty(),
+            stopped: false,
         })
     }
 
@@ -265,6 +268,7 @@ channels = ["**"]
             nchan_script: programs.nchan_script.clone(),
             redis: None,
             wrapped: false,
+            stopped: false,
         })
     }
 
@@ -387,6 +391,25 @@ channels = ["**"]
             if let Err(e) = drop_keys(&url, &prefix).await {
                 eprintln!("loadgen: could not remove Redis keys {prefix}*: {e:#}");
             }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.stopped = true;
+    }
+}
+
+impl Drop for Server {
+    /// The gateway child is killed on drop; Nchan is a daemon and must be told to stop.
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if self.kind == Kind::Nchan {
+            let _ = std::process::Command::new("bash")
+                .arg(&self.nchan_script)
+                .arg("stop")
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
