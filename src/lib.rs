@@ -15,6 +15,8 @@
 //!                    in hub → latest values (no cursor or gap) or replay after Last-Event-ID
 //!                    → live frames, heartbeats, expiry
 //! admin              /health, /ready, /metrics, /admin (Admin extractor)
+//! control            gRPC Control: disconnect a user / remove channels on every node (through
+//!                    Redis on the Redis broker); token revocations (auth::Revocations)
 //! ```
 //!
 //! Around them, imports pointing down this list only:
@@ -40,6 +42,7 @@ pub mod broker;
 pub mod channel;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod dev;
 mod egress;

@@ -8,9 +8,10 @@ use axum::extract::FromRef;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{JwtVerifier, TokenAuth};
+use crate::auth::{JwtVerifier, Revocations, TokenAuth};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::control::Control;
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
 use crate::live::Live;
@@ -49,6 +50,10 @@ pub struct AppState {
     pub tls: bool,
     /// Set in the dev setup: mounts the demo page.
     pub(crate) demo: Option<DemoState>,
+    /// Users whose earlier tokens are refused.
+    pub(crate) revocations: Arc<Revocations>,
+    /// Disconnects and channel removals, on every node.
+    pub(crate) control: Control,
 }
 
 impl FromRef<AppState> for TokenAuth {
@@ -57,6 +62,7 @@ impl FromRef<AppState> for TokenAuth {
             verifier: state.verifier.clone(),
             allow_query_token: state.config.http.allow_query_token,
             secure_cookies: state.tls,
+            revocations: state.revocations.clone(),
         }
     }
 }

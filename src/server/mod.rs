@@ -18,8 +18,10 @@ use tokio_util::task::TaskTracker;
 
 pub use reload::{load_material, ConfigSource, Material, ReloadError};
 
+use crate::auth::Revocations;
 use crate::broker::{Broker, MemoryLog, RedisLog};
 use crate::config::{BrokerKind, Config};
+use crate::control::Control;
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::RateLimiter;
@@ -91,6 +93,23 @@ impl Gateway {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let revocations = Arc::new(Revocations::new(config.jwt.max_token_lifetime_secs));
+        let max_channels = config.limits.max_channels_per_connection;
+        let control = match config.broker.kind {
+            BrokerKind::Memory => Control::local(hub.clone(), revocations.clone(), max_channels),
+            BrokerKind::Redis => {
+                Control::redis(
+                    &config.broker,
+                    hub.clone(),
+                    revocations.clone(),
+                    max_channels,
+                    metrics.clone(),
+                    shutdown.clone(),
+                    &tasks,
+                )
+                .await?
+            }
+        };
         let broker = match config.broker.kind {
             BrokerKind::Memory => Broker::Memory(Arc::new(
                 MemoryLog::new(&config.history, hub.clone())
@@ -144,6 +163,8 @@ impl Gateway {
             started: Instant::now(),
             tls: http_tls.is_some(),
             demo,
+            revocations,
+            control,
         };
         let routes = crate::router::grpc_routes(&state).await?;
         tasks.spawn({
