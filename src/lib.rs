@@ -42,7 +42,7 @@ pub mod broker;
 pub mod channel;
 pub mod client;
 pub mod config;
-pub mod control;
+mod control;
 pub mod demo;
 pub mod dev;
 mod egress;

@@ -237,9 +237,9 @@ impl Node {
     }
 
     /// Removes the channels matching `pattern` from each of the user's streams here (each that
-    /// lost one gets `event: subscriptions`), and drops what this node caches about the
-    /// user's access, so the next subscription asks again. Returns the streams that lost a
-    /// channel.
+    /// lost one gets `event: subscriptions`). Every node runs an `Unsubscribe` through here, so
+    /// whatever a node caches about the user's channel access is to be dropped here too (the
+    /// next subscription then asks again). Returns the streams that lost a channel.
     pub(crate) fn apply_unsubscribe_locally(
         &self,
         user_id: &str,
