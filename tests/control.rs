@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{now_secs, publish, req, test_publishers, SseReader, TestGateway, WAIT};
@@ -12,6 +14,8 @@ use serde_json::{json, Value};
 use sse_gateway::config::{BrokerKind, RawConfig};
 use sse_gateway::ingest::pb::control_client::ControlClient;
 use sse_gateway::ingest::pb::{DisconnectRequest, UnsubscribeRequest};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -620,4 +624,86 @@ async fn admin_disconnect_closes_a_user_on_every_node_or_one_connection() {
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({"streams": 1}));
     expect_revoked(&mut two, "by admin", started + EVERY_NODE).await;
     expect_revoked(&mut on_b, "by admin", started + EVERY_NODE).await;
+}
+
+/// A TCP proxy to the shared Redis that can be cut (connections dropped, new ones refused) and
+/// restored: Redis goes away for one node only.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    cut: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<JoinSet<()>>>,
+}
+
+impl CutProxy {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let (c, set) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                set.lock().unwrap().spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:6379").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { addr, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.conns.lock().unwrap().abort_all();
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_node_briefly_away_from_redis_applies_the_revocation_when_back() {
+    let p = prefix("away");
+    let proxy = CutProxy::start().await;
+    let a = redis_node(REDIS_URL, &p, "").await;
+    let b = redis_node(&format!("redis://{}", proxy.addr), &p, &a.secret).await;
+    let old = token(&a, "alice", Some(now_secs() - 60));
+    let (mut on_b, _) = b.open("/api/sse?channels=logs:ws1", &old, None).await;
+
+    proxy.cut();
+    let resp = control(&a, CONTROLLER)
+        .await
+        .disconnect(disconnect("alice", "password changed", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.streams, 0);
+    assert_eq!(sse_status(&a, &old).await, 401);
+    // b is away: it has not heard of the revocation yet.
+    assert_eq!(b.gateway().state.hub.user_connections("alice").len(), 1);
+    assert_eq!(sse_status(&b, &old).await, 200);
+    proxy.restore();
+
+    // Back on Redis, b reads on from where its control tail stopped: the stream it held is
+    // closed and the token refused.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let frame = on_b.next_event(deadline).await;
+        if frame.event.as_deref() == Some("revoked") {
+            assert_eq!(frame.json(), json!({"reason": "password changed"}));
+            break;
+        }
+    }
+    on_b.expect_end(deadline).await;
+    until_status(&b, &old, 401, deadline).await;
 }
