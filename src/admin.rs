@@ -1,10 +1,12 @@
-//! Health, readiness, Prometheus metrics, and the admin JSON endpoints and live page.
+//! Health, readiness, Prometheus metrics (and the middleware that counts stream opens and times
+//! gRPC calls), and the admin JSON endpoints and live page.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -14,6 +16,7 @@ use crate::auth::{bearer, set_cookie, Admin, TokenAuth, ADMIN_COOKIE};
 use crate::broker::Broker;
 use crate::control::{Command, Control};
 use crate::error::GatewayError;
+use crate::history::{History, CAPACITY, SAMPLE_EVERY};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -128,6 +131,53 @@ pub(crate) async fn disconnect(
         }
     };
     Ok(Json(json!({ "streams": streams })))
+}
+
+/// `GET /admin/history`: the sampled last 15 minutes, oldest point first.
+///
+/// # Errors
+/// 401/403 as [`Admin`].
+pub(crate) async fn history(_: Admin, State(history): State<Arc<History>>) -> Response {
+    Json(json!({
+        "interval_s": SAMPLE_EVERY.as_secs(),
+        "capacity": CAPACITY,
+        "points": history.points(),
+    }))
+    .into_response()
+}
+
+/// Middleware of `GET /api/sse`: counts each answer by status (`stream_opens`), rejections by
+/// the token extractor included.
+pub(crate) async fn count_stream_opens(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    metrics.stream_opened(response.status().as_u16());
+    response
+}
+
+/// Middleware of the gRPC services: times each call to its response headers
+/// (`grpc_request_seconds`). Calls the server does not implement share one label.
+pub(crate) async fn time_grpc_request(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let unimplemented = response.status() != StatusCode::OK
+        || response
+            .headers()
+            .get("grpc-status")
+            .is_some_and(|s| s.as_bytes() == b"12");
+    metrics.grpc_request(
+        (!unimplemented).then_some(path.as_str()),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 /// `GET /admin`: the live dashboard (or a sign-in form with 401/403).

@@ -517,6 +517,7 @@ impl Hub {
             let frame =
                 crate::event::render_control("gap", &serde_json::json!({ "channels": channels }));
             self.send(&conn, Item::Gap(frame));
+            self.metrics.gaps_sent.inc();
         }
     }
 

@@ -13,7 +13,13 @@ use crate::{admin, demo, egress};
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
-        .route("/api/sse", get(egress::sse::stream))
+        .route(
+            "/api/sse",
+            get(egress::sse::stream).route_layer(axum::middleware::from_fn_with_state(
+                state.metrics.clone(),
+                admin::count_stream_opens,
+            )),
+        )
         .route(
             "/api/sse/session",
             post(egress::session::create).delete(egress::session::delete),
@@ -29,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/session", post(admin::session))
         .route("/admin/connections", get(admin::connections))
         .route("/admin/channels", get(admin::channels))
+        .route("/admin/history", get(admin::history))
         .route("/admin/disconnect", post(admin::disconnect));
     if state.demo.is_some() {
         router = router.merge(demo::routes());
@@ -73,12 +80,20 @@ pub(crate) async fn grpc_routes(state: &AppState) -> anyhow::Result<tonic::servi
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let publisher = PublisherService::new(state.pipeline.clone(), state.tasks.clone());
-    Ok(tonic::service::Routes::new(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(publisher.into_server())
         .add_service(
             ControlService::new(state.control.clone(), state.pipeline.publishers.clone())
                 .into_server(),
-        ))
+        );
+    Ok(tonic::service::Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                state.metrics.clone(),
+                admin::time_grpc_request,
+            )),
+    ))
 }

@@ -9,9 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtVerifier, Revocations, TokenAuth};
+use crate::authz::Authorizer;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::control::Control;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
 use crate::live::Live;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub(crate) verifier: Live<JwtVerifier>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The last 15 minutes of metrics, for the admin dashboard.
+    pub history: Arc<History>,
     /// Cancelled on shutdown; every stream ends on it.
     pub(crate) shutdown: CancellationToken,
     /// Every task a request spawns, so that shutdown waits for it.
@@ -50,6 +54,8 @@ pub struct AppState {
     pub tls: bool,
     /// Set in the dev setup: mounts the demo page.
     pub(crate) demo: Option<DemoState>,
+    /// The app's permission callback and its answer cache (a reload swaps its settings).
+    pub(crate) authz: Authorizer,
     /// Users whose earlier tokens are refused.
     pub(crate) revocations: Arc<Revocations>,
     /// Disconnects and channel removals, on every node.

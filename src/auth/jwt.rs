@@ -42,6 +42,26 @@ pub struct Subscriber {
     /// When the token was issued (`iat`, seconds since the Unix epoch), when it says so as a
     /// number; a revocation of the user's tokens refuses those issued before it.
     pub iat: Option<u64>,
+    /// The verified token itself, forwarded to the `[authz]` callback so that the app can
+    /// check the user its own way.
+    pub(crate) token: BearerToken,
+}
+
+/// A subscriber's raw token: `Debug` never shows it, and it is never serialized.
+#[derive(Clone)]
+pub(crate) struct BearerToken(std::sync::Arc<str>);
+
+impl BearerToken {
+    /// The token, for the `Authorization` header of the callback.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 impl Subscriber {
@@ -243,6 +263,7 @@ impl JwtVerifier {
             roles: claims.roles,
             exp: claims.exp,
             iat,
+            token: BearerToken(token.into()),
         })
     }
 }

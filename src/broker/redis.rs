@@ -447,6 +447,9 @@ impl RedisLog {
     }
 
     fn set_tail_at(&self, at: Option<Position>) {
+        if let Some(p) = at {
+            self.metrics.redis_tail.dispatched((p.major, p.minor));
+        }
         *self.tail_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
@@ -596,6 +599,9 @@ impl RedisLog {
                 // within the same time budget.
                 tracing::debug!(deadline, redis_now, "redis refused a late append");
                 continue;
+            }
+            if let Some(p) = reply.iter().filter_map(|(id, _)| parse_id(id)).max() {
+                self.metrics.redis_tail.appended((p.major, p.minor));
             }
             return Ok(reply
                 .into_iter()

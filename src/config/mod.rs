@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use schema::{
-    BrokerConfig, BrokerKind, ChannelConfig, GrpcConfig, HistoryConfig, HttpConfig, JwtAlgorithm,
-    JwtConfig, LimitsConfig, PublisherConfig, RawConfig, Secret, SseConfig,
+    AuthzConfig, AuthzMode, BrokerConfig, BrokerKind, ChannelConfig, GrpcConfig, HistoryConfig,
+    HttpConfig, JwtAlgorithm, JwtConfig, LimitsConfig, PublisherConfig, RawConfig, Secret,
+    SseConfig,
 };
 pub use sources::{layer, Layered, Origins};
 
@@ -251,6 +252,23 @@ pub struct Publisher {
     pub control: bool,
 }
 
+/// `[authz]`, validated: present only with a URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthzSettings {
+    /// Where the gateway POSTs (http or https).
+    pub url: String,
+    /// When the callback is asked.
+    pub mode: AuthzMode,
+    /// Longest wait for one answer.
+    pub timeout: std::time::Duration,
+    /// How long an answer without `ttl_secs` is cached (zero: not cached).
+    pub cache_ttl: std::time::Duration,
+    /// Callback requests in flight at once.
+    pub max_concurrent: usize,
+    /// Cached (user, channel) answers kept at most.
+    pub cache_max_entries: usize,
+}
+
 /// The validated configuration the gateway runs with. Built only by [`validate::validate`].
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -272,6 +290,8 @@ pub struct Config {
     pub channel_types: ChannelTypes,
     /// Publisher permissions by name.
     pub publishers: BTreeMap<String, Publisher>,
+    /// `[authz]`; `None` without a URL (no callback).
+    pub authz: Option<AuthzSettings>,
 }
 
 impl Config {

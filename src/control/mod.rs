@@ -9,7 +9,8 @@
 //!                          hash) → apply on this node; every other node's control tail
 //!                          applies it from the stream within a second
 //! Node      the local effect: close the user's streams (`event: revoked`), remember a
-//!           token revocation, remove channels (`event: subscriptions`)
+//!           token revocation, remove channels (`event: subscriptions`) and forget the
+//!           user's cached `[authz]` answers
 //! ```
 //!
 //! On Redis nothing is applied anywhere unless Redis accepted the command: a call that Redis
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Revocations;
+use crate::authz::Authorizer;
 use crate::channel::{ChannelName, ChannelPattern};
 use crate::config::BrokerConfig;
 use crate::error::GatewayError;
@@ -182,14 +184,32 @@ struct Subscriptions<'a> {
     denied: &'a [Removed<'a>],
 }
 
-/// This node's side of a command: what it does to the streams and tokens here.
+/// This node's side of a command: what it does to the streams, tokens and cached answers here.
 pub(crate) struct Node {
     hub: Arc<Hub>,
     revocations: Arc<Revocations>,
+    /// The `[authz]` answer cache, forgotten per user by `Unsubscribe`.
+    authz: Authorizer,
     max_channels: usize,
 }
 
 impl Node {
+    /// This node's hub, token revocations and authorizer cache; `max_channels` is the
+    /// per-connection channel limit the hub enforces on changes.
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        revocations: Arc<Revocations>,
+        authz: Authorizer,
+        max_channels: usize,
+    ) -> Self {
+        Self {
+            hub,
+            revocations,
+            authz,
+            max_channels,
+        }
+    }
+
     /// Applies `command` on this node; returns the streams it affected here.
     fn apply(&self, command: &Command) -> u32 {
         let n = match command {
@@ -236,16 +256,18 @@ impl Node {
         closed
     }
 
-    /// Removes the channels matching `pattern` from each of the user's streams here (each that
-    /// lost one gets `event: subscriptions`). Every node runs an `Unsubscribe` through here, so
-    /// whatever a node caches about the user's channel access is to be dropped here too (the
-    /// next subscription then asks again). Returns the streams that lost a channel.
+    /// Drops the user's cached `[authz]` answers (the next stream open or subscription change
+    /// asks the app again), then removes the channels matching `pattern` from each of the
+    /// user's streams here (each that lost one gets `event: subscriptions`). Every node runs an
+    /// `Unsubscribe` through here. Returns the streams that lost a channel.
     pub(crate) fn apply_unsubscribe_locally(
         &self,
         user_id: &str,
         pattern: &ChannelPattern,
         reason: &str,
     ) -> usize {
+        // First: a subscription racing with this must not be granted from a stale answer.
+        self.authz.forget_user(user_id);
         let mut affected = 0;
         for conn in self.hub.user_connections(user_id) {
             let remove: Vec<ChannelName> = conn
@@ -293,20 +315,16 @@ enum Carrier {
 
 /// The handle the `Control` service and the admin endpoint act through.
 #[derive(Clone)]
-pub struct Control {
+pub(crate) struct Control {
     node: Arc<Node>,
     carrier: Carrier,
 }
 
 impl Control {
     /// Control for one node (the memory broker).
-    pub fn local(hub: Arc<Hub>, revocations: Arc<Revocations>, max_channels: usize) -> Self {
+    pub(crate) fn local(node: Node) -> Self {
         Self {
-            node: Arc::new(Node {
-                hub,
-                revocations,
-                max_channels,
-            }),
+            node: Arc::new(node),
             carrier: Carrier::Local,
         }
     }
@@ -317,20 +335,14 @@ impl Control {
     ///
     /// # Errors
     /// When the URL is invalid.
-    pub async fn redis(
+    pub(crate) async fn redis(
         broker: &BrokerConfig,
-        hub: Arc<Hub>,
-        revocations: Arc<Revocations>,
-        max_channels: usize,
+        node: Node,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> anyhow::Result<Self> {
-        let node = Arc::new(Node {
-            hub,
-            revocations,
-            max_channels,
-        });
+        let node = Arc::new(node);
         let carrier = RedisCarrier::connect(broker, node.clone(), metrics, shutdown, tasks).await?;
         Ok(Self {
             node,

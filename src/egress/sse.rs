@@ -113,9 +113,13 @@ pub(crate) async fn stream(
         }
     }
     let asked = !requested.is_empty();
-    let (granted, denied) = authorize(&state.config.channel_types, &user, requested);
+    let (granted, denied) =
+        authorize(&state.config.channel_types, &state.authz, &user, requested).await;
     if asked && granted.is_empty() {
-        let list: Vec<&str> = denied.iter().map(|d| d.channel.as_str()).collect();
+        let list: Vec<String> = denied
+            .iter()
+            .map(|d| format!("{} ({})", d.channel, d.reason))
+            .collect();
         return Err(GatewayError::PermissionDenied(format!(
             "not permitted to read any requested channel: {}",
             list.join(", ")
@@ -147,6 +151,9 @@ pub(crate) async fn stream(
         replaying: matches!(replay, Some(Replay::From(_))),
     })?;
     tracing::debug!(connection = %registration.connection.id, sub = %user.sub, channels = granted.len(), "stream opened");
+    if matches!(replay, Some(Replay::From(_))) {
+        state.metrics.replays_started.inc();
+    }
 
     let start = match (&replay, cursor) {
         (Some(Replay::From(_)), Some(c)) => Some(c),
@@ -188,9 +195,9 @@ pub(crate) async fn stream(
         done: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
+        let chunk = s.next_chunk().await?;
+        s.state.metrics.sse_bytes_written.inc_by(chunk.len() as u64);
+        Some((Ok::<_, Infallible>(chunk), s))
     }));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
@@ -284,6 +291,7 @@ impl SseStream {
         let mut out = BytesMut::new();
         let after = match replay {
             Replay::Foreign => {
+                self.state.metrics.gaps_sent.inc();
                 out.extend_from_slice(&render_control(
                     "gap",
                     &Gap {
@@ -302,6 +310,7 @@ impl SseStream {
             Ok(batch) => {
                 self.replay_failures = 0;
                 if batch.gap {
+                    self.state.metrics.gaps_sent.inc();
                     out.extend_from_slice(&render_control(
                         "gap",
                         &Gap {

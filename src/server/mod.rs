@@ -19,9 +19,11 @@ use tokio_util::task::TaskTracker;
 pub use reload::{load_material, ConfigSource, Material, ReloadError};
 
 use crate::auth::Revocations;
+use crate::authz::Authorizer;
 use crate::broker::{Broker, MemoryLog, RedisLog};
 use crate::config::{BrokerKind, Config};
-use crate::control::Control;
+use crate::control::{Control, Node as ControlNode};
+use crate::history::{History, SAMPLE_EVERY};
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::RateLimiter;
@@ -93,16 +95,20 @@ impl Gateway {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let authz = Authorizer::new(material.authz, metrics.clone());
         let revocations = Arc::new(Revocations::new(config.jwt.max_token_lifetime_secs));
-        let max_channels = config.limits.max_channels_per_connection;
+        let node = ControlNode::new(
+            hub.clone(),
+            revocations.clone(),
+            authz.clone(),
+            config.limits.max_channels_per_connection,
+        );
         let control = match config.broker.kind {
-            BrokerKind::Memory => Control::local(hub.clone(), revocations.clone(), max_channels),
+            BrokerKind::Memory => Control::local(node),
             BrokerKind::Redis => {
                 Control::redis(
                     &config.broker,
-                    hub.clone(),
-                    revocations.clone(),
-                    max_channels,
+                    node,
                     metrics.clone(),
                     shutdown.clone(),
                     &tasks,
@@ -158,15 +164,18 @@ impl Gateway {
             broker,
             verifier: verifier.clone(),
             metrics: metrics.clone(),
+            history: Arc::new(History::new(metrics.clone())),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             started: Instant::now(),
             tls: http_tls.is_some(),
             demo,
+            authz: authz.clone(),
             revocations,
             control,
         };
         let routes = crate::router::grpc_routes(&state).await?;
+        tasks.spawn(state.history.clone().run(SAMPLE_EVERY, shutdown.clone()));
         tasks.spawn({
             let grpc = grpc::serve(
                 grpc_listener,
@@ -202,6 +211,7 @@ impl Gateway {
                 http_tls,
                 metrics,
                 running: Mutex::new(()),
+                authz,
             },
             tasks,
         })
