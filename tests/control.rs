@@ -761,3 +761,85 @@ async fn control_is_in_grpc_health_and_reflection() {
         "{names:?}"
     );
 }
+
+/// An `[authz]` permission service that allows every channel it is asked about while `allow`
+/// holds, and counts the requests.
+struct FakeAuthorizer {
+    url: String,
+    allow: Arc<AtomicBool>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeAuthorizer {
+    async fn start() -> Self {
+        let allow = Arc::new(AtomicBool::new(true));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, n) = (allow.clone(), asked.clone());
+        let app = axum::Router::new().route(
+            "/sse/authorize",
+            axum::routing::post(move |body: axum::Json<Value>| async move {
+                n.fetch_add(1, Ordering::SeqCst);
+                let channels = body.0["channels"].clone();
+                axum::Json(if a.load(Ordering::SeqCst) {
+                    json!({"allow": channels, "ttl_secs": 300})
+                } else {
+                    json!({"allow": [], "ttl_secs": 300})
+                })
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url: format!("http://{addr}/sse/authorize"),
+            allow,
+            asked,
+        }
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn unsubscribe_drops_the_users_cached_authorizer_answers() {
+    let app = FakeAuthorizer::start().await;
+    let url = app.url.clone();
+    let gw = TestGateway::spawn(move |raw| {
+        allow_control(raw);
+        raw.authz.url = url;
+    })
+    .await;
+    // The token grants no logs channel: the authorizer decides, and its answer is cached.
+    let token = gw.token("alice", &[], &[], 600);
+    let (mut first, ready) = gw.open("/api/sse?channels=logs:ws1", &token, None).await;
+    assert_eq!(ready.channels, ["logs:ws1"]);
+    assert_eq!(app.asked(), 1);
+    let (mut second, _) = gw.open("/api/sse?channels=logs:ws1", &token, None).await;
+    assert_eq!(
+        app.asked(),
+        1,
+        "the second stream is granted from the cache"
+    );
+
+    // The app takes alice out of ws1: its service says no from now on, and it tells the gateway.
+    app.allow.store(false, Ordering::SeqCst);
+    let resp = control(&gw, CONTROLLER)
+        .await
+        .unsubscribe(unsubscribe("alice", "logs:ws1", "removed from ws1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.streams, 2);
+    for stream in [&mut first, &mut second] {
+        let subs = stream.next_control("subscriptions", WAIT).await;
+        assert_eq!(subs["channels"], json!([]));
+    }
+    // Not granted from the old answer: the authorizer is asked again, and refuses.
+    let refused = gw
+        .sse_response("/api/sse?channels=logs:ws1", Some(&token), None)
+        .await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(app.asked(), 2);
+}
