@@ -9,10 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{bearer, set_cookie, Admin, TokenAuth, ADMIN_COOKIE};
 use crate::broker::Broker;
+use crate::control::{Command, Control};
 use crate::error::GatewayError;
 use crate::history::{History, CAPACITY, SAMPLE_EVERY};
 use crate::hub::Hub;
@@ -82,6 +84,53 @@ pub(crate) async fn channels(_: Admin, State(hub): State<Arc<Hub>>) -> Response 
         .map(|(channel, subscribers)| json!({"channel": channel, "subscribers": subscribers}))
         .collect();
     Json(list).into_response()
+}
+
+/// The body of `POST /admin/disconnect`: a user (every stream, on every node) or one
+/// connection of this node (an id from `/admin/connections`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DisconnectBody {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    connection_id: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /admin/disconnect`: closes a user's streams (as `Control.Disconnect`, on every node)
+/// or one connection of this node, with `event: revoked`. Answers `{"streams":N}`, the streams
+/// closed on this node (0 for a connection that has closed already).
+///
+/// # Errors
+/// 401/403 as [`Admin`]; 400 a body with neither or both of `user_id` and `connection_id`;
+/// 503 when Redis did not take the command (no node applied it).
+pub(crate) async fn disconnect(
+    Admin(admin): Admin,
+    State(control): State<Control>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, GatewayError> {
+    let body: DisconnectBody = serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::InvalidArgument(format!("invalid JSON body: {e}")))?;
+    let streams = match (body.user_id, body.connection_id) {
+        (Some(user_id), None) => {
+            tracing::info!(admin = %admin.sub, %user_id, "admin disconnect of a user");
+            control
+                .execute(Command::disconnect(user_id, body.reason, false)?)
+                .await?
+        }
+        (None, Some(id)) => {
+            tracing::info!(admin = %admin.sub, connection = %id, "admin disconnect of a connection");
+            u32::from(control.disconnect_connection(&id, body.reason)?)
+        }
+        _ => {
+            return Err(GatewayError::InvalidArgument(
+                "give exactly one of user_id and connection_id".into(),
+            ))
+        }
+    };
+    Ok(Json(json!({ "streams": streams })))
 }
 
 /// `GET /admin/history`: the sampled last 15 minutes, oldest point first.

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -103,9 +103,18 @@ pub struct Connection {
     /// Cancelled to drop the underlying TCP connection (HTTP/1.1), so a stalled reader's
     /// socket buffers are released too.
     transport: Option<CancellationToken>,
+    /// The frame the stream writes last when the gateway closes it on purpose (`revoked`),
+    /// set before `closed` is cancelled. Kept out of the queue: it is written even when the
+    /// queue is full.
+    farewell: OnceLock<Bytes>,
 }
 
 impl Connection {
+    /// The frame to end the stream with, when the gateway closed it on purpose.
+    pub fn farewell(&self) -> Option<Bytes> {
+        self.farewell.get().cloned()
+    }
+
     /// The channels this connection currently receives.
     pub fn channels(&self) -> Vec<ChannelName> {
         // No invariant spans these short critical sections: a poisoned lock is recovered.
@@ -434,6 +443,7 @@ impl Hub {
             max_bytes: new.queue_bytes,
             closed: CancellationToken::new(),
             transport: new.transport,
+            farewell: OnceLock::new(),
         });
         {
             let mut inner = self.write();
@@ -545,6 +555,35 @@ impl Hub {
         if !connection.offer(item, &self.metrics) && connection.closed.is_cancelled() {
             self.remove(connection);
         }
+    }
+
+    /// The open connections of user `sub` on this node.
+    pub fn user_connections(&self, sub: &str) -> Vec<Arc<Connection>> {
+        let inner = self.read();
+        if !inner.per_user.contains_key(sub) {
+            return Vec::new();
+        }
+        inner
+            .connections
+            .values()
+            .filter(|c| c.sub == sub)
+            .cloned()
+            .collect()
+    }
+
+    /// Closes a connection on purpose: unregisters it at once (no event is queued for it any
+    /// more) and ends its stream with `frame` (e.g. `event: revoked`), written even when its
+    /// queue is full. Returns false when it was closed already.
+    pub fn close_with(&self, connection: &Arc<Connection>, frame: Bytes) -> bool {
+        if connection.closed.is_cancelled() {
+            return false;
+        }
+        let _ = connection.farewell.set(frame);
+        // The transport is left up (unlike a slow consumer's): the stream writes the farewell
+        // and ends its response.
+        connection.closed.cancel();
+        self.remove(connection);
+        true
     }
 
     /// Looks up a connection by id.

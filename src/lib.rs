@@ -18,6 +18,8 @@
 //!                    the metrics every 5 s for the dashboard's 15-minute charts
 //! authz              the app's permission callback ([authz]): asked by egress for channels
 //!                    the token does not settle, answers cached per (user, channel)
+//! control            gRPC Control: disconnect a user / remove channels on every node (through
+//!                    Redis on the Redis broker); token revocations (auth::Revocations)
 //! ```
 //!
 //! Around them, imports pointing down this list only:
@@ -44,6 +46,7 @@ pub mod broker;
 pub mod channel;
 pub mod client;
 pub mod config;
+mod control;
 pub mod demo;
 pub mod dev;
 mod egress;

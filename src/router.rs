@@ -4,6 +4,7 @@
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::control::service::ControlService;
 use crate::ingest::pb;
 use crate::ingest::publisher::PublisherService;
 use crate::state::AppState;
@@ -34,7 +35,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/session", post(admin::session))
         .route("/admin/connections", get(admin::connections))
         .route("/admin/channels", get(admin::channels))
-        .route("/admin/history", get(admin::history));
+        .route("/admin/history", get(admin::history))
+        .route("/admin/disconnect", post(admin::disconnect));
     if state.demo.is_some() {
         router = router.merge(demo::routes());
     }
@@ -57,7 +59,7 @@ pub fn router(state: AppState) -> Router {
     router.with_state(state)
 }
 
-/// The gRPC services: `Publisher`, health and reflection.
+/// The gRPC services: `Publisher`, `Control`, health and reflection.
 ///
 /// # Errors
 /// When the reflection descriptors cannot be decoded (a build defect).
@@ -65,6 +67,9 @@ pub(crate) async fn grpc_routes(state: &AppState) -> anyhow::Result<tonic::servi
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::publisher_server::PublisherServer<PublisherService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::control_server::ControlServer<ControlService>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -78,7 +83,11 @@ pub(crate) async fn grpc_routes(state: &AppState) -> anyhow::Result<tonic::servi
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(publisher.into_server());
+        .add_service(publisher.into_server())
+        .add_service(
+            ControlService::new(state.control.clone(), state.pipeline.publishers.clone())
+                .into_server(),
+        );
     Ok(tonic::service::Routes::from(
         routes
             .into_axum_router()

@@ -236,7 +236,6 @@ impl Authorizer {
     /// Drops every cached answer about user `sub`, so that the next stream open or
     /// subscription change asks the app again (for when the app revokes the user through
     /// the `Control` service). An answer in flight meanwhile is not cached.
-    #[allow(dead_code, reason = "the Control service's Unsubscribe calls it")]
     pub(crate) fn forget_user(&self, sub: &str) {
         self.lock().forget(sub);
     }

@@ -209,6 +209,8 @@ pub struct JwtSettings {
     pub audience: Option<String>,
     /// Clock leeway for `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// How long a token revocation is kept, in seconds (the longest token life).
+    pub max_token_lifetime_secs: u64,
 }
 
 impl JwtSettings {
@@ -221,6 +223,7 @@ impl JwtSettings {
             issuer: None,
             audience: None,
             leeway_secs: JwtConfig::default().leeway_secs,
+            max_token_lifetime_secs: JwtConfig::default().max_token_lifetime_secs,
         }
     }
 }
@@ -245,7 +248,7 @@ pub struct Publisher {
     pub name: String,
     /// Allowed channel patterns.
     pub channels: Vec<ChannelPattern>,
-    /// May call the `Control` service (reserved).
+    /// May call the `Control` service.
     pub control: bool,
 }
 

@@ -207,6 +207,9 @@ pub struct JwtConfig {
     pub audience: String,
     /// Clock leeway for `exp`/`nbf`.
     pub leeway_secs: u64,
+    /// The longest life of a token the issuer mints (`exp` − `iat`): a token revocation
+    /// (`Control.Disconnect` with `revoke_tokens`) is kept this long.
+    pub max_token_lifetime_secs: u64,
 }
 
 impl Default for JwtConfig {
@@ -220,6 +223,7 @@ impl Default for JwtConfig {
             issuer: String::new(),
             audience: String::new(),
             leeway_secs: 30,
+            max_token_lifetime_secs: 86_400,
         }
     }
 }
@@ -398,7 +402,7 @@ pub struct PublisherConfig {
     /// Channel patterns this publisher may publish to.
     #[serde(default)]
     pub channels: Vec<String>,
-    /// May call the `Control` service (reserved: accepted, not yet acted on).
+    /// May call the `Control` service (disconnect users, remove their channels).
     #[serde(default)]
     pub control: bool,
 }

@@ -280,6 +280,9 @@ fn validate_jwt(r: &mut Report<'_>, raw: &RawConfig, base: &Path) -> Option<JwtS
             }
         }
     };
+    if j.max_token_lifetime_secs == 0 {
+        r.invalid("jwt.max_token_lifetime_secs", "must be at least 1");
+    }
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     Some(JwtSettings {
         algorithm: j.algorithm,
@@ -287,6 +290,7 @@ fn validate_jwt(r: &mut Report<'_>, raw: &RawConfig, base: &Path) -> Option<JwtS
         issuer: non_empty(&j.issuer),
         audience: non_empty(&j.audience),
         leeway_secs: j.leeway_secs,
+        max_token_lifetime_secs: j.max_token_lifetime_secs,
     })
 }
 

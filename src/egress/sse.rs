@@ -254,6 +254,10 @@ impl SseStream {
             if self.done {
                 return None;
             }
+            if self.registration.connection.closed.is_cancelled() {
+                self.done = true;
+                return self.registration.connection.farewell();
+            }
             if self.snapshot_due {
                 self.snapshot_due = false;
                 let mut out = BytesMut::new();
@@ -523,7 +527,8 @@ impl SseStream {
             }
             () = conn.closed.cancelled() => {
                 self.done = true;
-                return None;
+                // Closed on purpose (revocation): say why; else (slow consumer) just end.
+                return conn.farewell();
             }
             () = tokio::time::sleep_until(self.expires_at) => {
                 out.extend_from_slice(&render_control("expired", &serde_json::json!({})));

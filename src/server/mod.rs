@@ -19,9 +19,11 @@ use tokio_util::task::TaskTracker;
 
 pub use reload::{load_material, ConfigSource, Material, ReloadError};
 
+use crate::auth::Revocations;
 use crate::authz::Authorizer;
 use crate::broker::{Broker, MemoryLog, RedisLog};
 use crate::config::{BrokerKind, Config};
+use crate::control::{Control, Node as ControlNode};
 use crate::history::{History, SAMPLE_EVERY};
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
@@ -94,6 +96,27 @@ impl Gateway {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let authz = Authorizer::new(material.authz, metrics.clone());
+        let revocations = Arc::new(Revocations::new(config.jwt.max_token_lifetime_secs));
+        let node = ControlNode::new(
+            hub.clone(),
+            revocations.clone(),
+            authz.clone(),
+            config.limits.max_channels_per_connection,
+        );
+        let control = match config.broker.kind {
+            BrokerKind::Memory => Control::local(node),
+            BrokerKind::Redis => {
+                Control::redis(
+                    &config.broker,
+                    node,
+                    metrics.clone(),
+                    shutdown.clone(),
+                    &tasks,
+                )
+                .await?
+            }
+        };
         let broker = match config.broker.kind {
             BrokerKind::Memory => Broker::Memory(Arc::new(
                 MemoryLog::new(&config.history, hub.clone())
@@ -128,7 +151,6 @@ impl Gateway {
         let verifier = Live::new(material.verifier);
         let grpc_tls = Live::new(material.grpc_tls);
         let http_tls = material.http_tls.map(Live::new);
-        let authz = Authorizer::new(material.authz, metrics.clone());
         let state = AppState {
             pipeline: Pipeline {
                 config: config.clone(),
@@ -150,6 +172,8 @@ impl Gateway {
             tls: http_tls.is_some(),
             demo,
             authz: authz.clone(),
+            revocations,
+            control,
         };
         let routes = crate::router::grpc_routes(&state).await?;
         tasks.spawn(state.history.clone().run(SAMPLE_EVERY, shutdown.clone()));
