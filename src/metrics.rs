@@ -44,6 +44,15 @@ pub struct MethodLabel {
     pub method: String,
 }
 
+/// Labels of `control_calls`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControlLabel {
+    /// `disconnect` or `unsubscribe`.
+    pub command: &'static str,
+    /// `ok`, `invalid`, `denied`, `unauthenticated`, `unavailable`, `error`.
+    pub result: &'static str,
+}
+
 /// Upper bounds of the latency histograms, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -259,6 +268,8 @@ pub struct Metrics {
     pub authz: AuthzStats,
     /// The unprefixed `process_*` metrics.
     process: Registry,
+    /// gRPC `Control` calls by command and result.
+    pub control_calls: Family<ControlLabel, Counter>,
     /// `[authz]` callback requests by result (`ok`, `timeout`, `error`, `bad_status`,
     /// `malformed`).
     pub authz_requests: Family<ResultLabel, Counter>,
@@ -367,6 +378,12 @@ impl Metrics {
         registry.register_collector(Box::new(TailLagCollector(redis_tail.clone())));
         let mut process = Registry::default();
         process.register_collector(Box::new(process::ProcessCollector));
+        let control_calls = Family::<ControlLabel, Counter>::default();
+        registry.register(
+            "control_calls",
+            "gRPC Control calls (Disconnect, Unsubscribe) by command and result",
+            control_calls.clone(),
+        );
         // [authz]
         let authz_requests = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -416,6 +433,7 @@ impl Metrics {
                 failures: AtomicU64::new(0),
             },
             process,
+            control_calls,
             authz_requests,
             authz_request_seconds,
             authz_cache_hits,
@@ -477,6 +495,13 @@ impl Metrics {
     pub fn config_reload(&self, result: &'static str) {
         self.config_reloads
             .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts one finished gRPC `Control` call.
+    pub fn control_call(&self, command: &'static str, result: &'static str) {
+        self.control_calls
+            .get_or_create(&ControlLabel { command, result })
             .inc();
     }
 

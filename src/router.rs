@@ -85,8 +85,12 @@ pub(crate) async fn grpc_routes(state: &AppState) -> anyhow::Result<tonic::servi
         .add_service(reflection_v1alpha)
         .add_service(publisher.into_server())
         .add_service(
-            ControlService::new(state.control.clone(), state.pipeline.publishers.clone())
-                .into_server(),
+            ControlService::new(
+                state.control.clone(),
+                state.pipeline.publishers.clone(),
+                state.metrics.clone(),
+            )
+            .into_server(),
         );
     Ok(tonic::service::Routes::from(
         routes

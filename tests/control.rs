@@ -406,6 +406,20 @@ async fn control_refuses_other_certificates_and_bad_input() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.streams, 0);
+
+    // Every call above is counted by command and result.
+    let text = gw.get("/metrics", None).await.text().await.unwrap();
+    for (labels, n) in [
+        (r#"command="disconnect",result="denied""#, 2.0),
+        (r#"command="unsubscribe",result="denied""#, 2.0),
+        (r#"command="disconnect",result="invalid""#, 1.0),
+        (r#"command="unsubscribe",result="invalid""#, 5.0),
+        (r#"command="disconnect",result="ok""#, 1.0),
+        (r#"command="unsubscribe",result="ok""#, 1.0),
+    ] {
+        let name = format!("sse_gateway_control_calls_total{{{labels}}}");
+        assert_eq!(common::metric_value(&text, &name), n, "{name}");
+    }
 }
 
 /// A `redis-server` of this test alone that can be frozen (SIGSTOP). Killed on drop.

@@ -1,6 +1,8 @@
 //! The `ssegateway.v1.Control` gRPC service: only certificates whose `[[publishers]]` entry has
 //! `control = true` may call it.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::{Command, Control};
@@ -8,21 +10,47 @@ use crate::auth::mtls::publisher_name;
 use crate::error::GatewayError;
 use crate::ingest::pb::{self, ControlResponse, DisconnectRequest, UnsubscribeRequest};
 use crate::ingest::pipeline::Publishers;
+use crate::metrics::Metrics;
 
 /// The Control service.
 pub(crate) struct ControlService {
     control: Control,
     /// Who may call it, read per request (a reload replaces it).
     publishers: Publishers,
+    /// Counts calls by command and result.
+    metrics: Arc<Metrics>,
 }
 
 impl ControlService {
     /// A service acting through `control`, for the callers `publishers` allows.
-    pub(crate) fn new(control: Control, publishers: Publishers) -> Self {
+    pub(crate) fn new(control: Control, publishers: Publishers, metrics: Arc<Metrics>) -> Self {
         Self {
             control,
             publishers,
+            metrics,
         }
+    }
+
+    /// Counts a finished call in `sse_gateway_control_calls_total{command, result}`.
+    fn count(
+        &self,
+        command: &'static str,
+        outcome: Result<u32, GatewayError>,
+    ) -> Result<u32, Status> {
+        let result = match &outcome {
+            Ok(_) => "ok",
+            Err(GatewayError::Unauthenticated(_)) => "unauthenticated",
+            Err(GatewayError::PermissionDenied(_)) => "denied",
+            Err(
+                GatewayError::InvalidArgument(_)
+                | GatewayError::InvalidChannel(_)
+                | GatewayError::InvalidData(_),
+            ) => "invalid",
+            Err(GatewayError::Unavailable(_) | GatewayError::ShuttingDown) => "unavailable",
+            Err(_) => "error",
+        };
+        self.metrics.control_call(command, result);
+        outcome.map_err(Status::from)
     }
 
     /// The generated server wrapper.
@@ -54,11 +82,15 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<DisconnectRequest>,
     ) -> Result<Response<ControlResponse>, Status> {
-        let caller = self.authorize(&request)?;
-        let r = request.into_inner();
-        let command = Command::disconnect(r.user_id, r.reason, r.revoke_tokens)?;
-        tracing::info!(%caller, user_id = %command.user_id(), revoke_tokens = command.revokes(), "Control.Disconnect");
-        let streams = self.control.execute(command).await?;
+        let outcome = async {
+            let caller = self.authorize(&request)?;
+            let r = request.into_inner();
+            let command = Command::disconnect(r.user_id, r.reason, r.revoke_tokens)?;
+            tracing::info!(%caller, user_id = %command.user_id(), revoke_tokens = command.revokes(), "Control.Disconnect");
+            self.control.execute(command).await
+        }
+        .await;
+        let streams = self.count("disconnect", outcome)?;
         Ok(Response::new(ControlResponse { streams }))
     }
 
@@ -66,11 +98,15 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<UnsubscribeRequest>,
     ) -> Result<Response<ControlResponse>, Status> {
-        let caller = self.authorize(&request)?;
-        let r = request.into_inner();
-        let command = Command::unsubscribe(r.user_id, r.pattern, r.reason)?;
-        tracing::info!(%caller, user_id = %command.user_id(), "Control.Unsubscribe");
-        let streams = self.control.execute(command).await?;
+        let outcome = async {
+            let caller = self.authorize(&request)?;
+            let r = request.into_inner();
+            let command = Command::unsubscribe(r.user_id, r.pattern, r.reason)?;
+            tracing::info!(%caller, user_id = %command.user_id(), "Control.Unsubscribe");
+            self.control.execute(command).await
+        }
+        .await;
+        let streams = self.count("unsubscribe", outcome)?;
         Ok(Response::new(ControlResponse { streams }))
     }
 }
