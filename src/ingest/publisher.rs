@@ -1,8 +1,9 @@
 //! The `ssegateway.v1.Publisher` service: identify the publisher by its client certificate,
 //! validate each event once, append to the log.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::Stream;
 use prost::Message;
@@ -24,6 +25,8 @@ pub const MAX_BATCH: usize = 1000;
 /// The Publisher service.
 pub struct PublisherService {
     pipeline: Pipeline,
+    /// Certificate names already parsed.
+    names: NameCache,
     /// Publish streams run as tasks here, so a graceful shutdown waits for them.
     tasks: TaskTracker,
 }
@@ -31,7 +34,11 @@ pub struct PublisherService {
 impl PublisherService {
     /// A service appending through `pipeline`; stream tasks are tracked by `tasks`.
     pub fn new(pipeline: Pipeline, tasks: TaskTracker) -> Self {
-        Self { pipeline, tasks }
+        Self {
+            pipeline,
+            names: NameCache::default(),
+            tasks,
+        }
     }
 
     /// The generated server wrapper, with a message limit that fits a full batch of
@@ -52,16 +59,59 @@ impl PublisherService {
 }
 
 /// The publisher's certificate name.
-fn identify<T>(req: &Request<T>) -> Result<String, GatewayError> {
+fn identify<T>(names: &NameCache, req: &Request<T>) -> Result<String, GatewayError> {
     let certs = req.peer_certs().ok_or_else(|| {
         GatewayError::Unauthenticated("a client certificate is required".to_owned())
     })?;
     certs
         .first()
-        .and_then(|c| publisher_name(c.as_ref()))
+        .and_then(|c| names.name_of(c.as_ref()))
         .ok_or_else(|| {
             GatewayError::Unauthenticated("the client certificate carries no name".to_owned())
         })
+}
+
+/// Most certificates whose names are remembered; past it the cache starts over.
+const NAME_CACHE_MAX: usize = 1024;
+
+/// Publisher names by client certificate, so a certificate is parsed once, not per request
+/// (X.509 parsing was the largest single cost of a small unary publish). Keyed by the
+/// certificate's last 32 bytes (its signature: distinct for distinct certificates of a CA)
+/// and confirmed on the whole DER, so a lookup costs one short hash and one comparison. A name
+/// depends on the certificate alone, so nothing needs invalidating on reload.
+#[derive(Default)]
+struct NameCache {
+    names: Mutex<HashMap<[u8; 32], CachedName>>,
+}
+
+/// A certificate (DER) and its publisher name.
+type CachedName = (Vec<u8>, Option<String>);
+
+impl NameCache {
+    fn name_of(&self, der: &[u8]) -> Option<String> {
+        let Some(tail) = der
+            .len()
+            .checked_sub(32)
+            .and_then(|start| der.get(start..))
+            .and_then(|t| <[u8; 32]>::try_from(t).ok())
+        else {
+            return publisher_name(der);
+        };
+        // Lock policy of the crate: a poisoned cache is still a valid cache (each entry is
+        // inserted whole).
+        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached, name)) = names.get(&tail) {
+            if cached.as_slice() == der {
+                return name.clone();
+            }
+        }
+        let name = publisher_name(der);
+        if names.len() >= NAME_CACHE_MAX {
+            names.clear();
+        }
+        names.insert(tail, (der.to_vec(), name.clone()));
+        name
+    }
 }
 
 fn to_response(o: AppendOutcome) -> PublishResponse {
@@ -80,7 +130,7 @@ impl pb::publisher_server::Publisher for PublisherService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let publisher = identify(&request)?;
+        let publisher = identify(&self.names, &request)?;
         let outcome = self
             .pipeline
             .publish_many(&publisher, vec![request.into_inner()])
@@ -94,7 +144,7 @@ impl pb::publisher_server::Publisher for PublisherService {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
-        let publisher = identify(&request)?;
+        let publisher = identify(&self.names, &request)?;
         let events = request.into_inner().events;
         if events.is_empty() || events.len() > MAX_BATCH {
             return Err(GatewayError::InvalidArgument(format!(
@@ -115,7 +165,7 @@ impl pb::publisher_server::Publisher for PublisherService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let publisher = identify(&request)?;
+        let publisher = identify(&self.names, &request)?;
         let inbound = request.into_inner();
         let (queue, waiting) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(STREAM_QUEUE_BYTES));
@@ -260,5 +310,35 @@ async fn answer_requests(
         if tx.send(responses).await.is_err() || failed {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+        rcgen::CertificateParams::new(vec![name.to_owned()])
+            .and_then(|p| p.self_signed(&key))
+            .unwrap_or_else(|e| panic!("cert: {e}"))
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_name_cache_answers_each_certificate_with_its_own_name() {
+        let cache = NameCache::default();
+        let (a, b) = (cert("svc-a"), cert("svc-b"));
+        for _ in 0..3 {
+            assert_eq!(cache.name_of(&a).as_deref(), Some("svc-a"));
+            assert_eq!(cache.name_of(&b).as_deref(), Some("svc-b"));
+        }
+        // Same last 32 bytes, different certificate: parsed, not taken from the cache.
+        let mut forged = b.clone();
+        forged[..a.len().min(b.len()) - 32].copy_from_slice(&a[..a.len().min(b.len()) - 32]);
+        assert_ne!(cache.name_of(&forged).as_deref(), Some("svc-b"));
+        assert_eq!(cache.name_of(&b).as_deref(), Some("svc-b"));
+        assert_eq!(cache.name_of(b"short"), None);
     }
 }
