@@ -173,7 +173,7 @@ impl pb::publisher_server::Publisher for PublisherService {
         let shutdown = self.pipeline.shutdown.clone();
         // Both tracked, so a graceful shutdown waits for the requests in progress to be answered.
         self.tasks
-            .spawn(read_requests(inbound, queue, room.clone(), shutdown));
+            .spawn(read_requests(inbound, queue, room, shutdown));
         self.tasks.spawn(answer_requests(
             self.pipeline.clone(),
             publisher,
