@@ -25,6 +25,9 @@ echo "=== rust: cargo build + cargo test"
 cargo build --bins
 cargo test --all-targets
 
+echo "=== loadgen --quick (every benchmark scenario runs; no figures checked)"
+cargo run -q --bin loadgen -- --quick
+
 echo "=== publisher SDKs"
 bash sdk/test.sh
 

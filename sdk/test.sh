@@ -31,7 +31,7 @@ set -e
 # shellcheck source=../sdk-gen/tools.sh
 source "$ROOT/sdk-gen/tools.sh"
 ensure_python_tools
-if ! "$SDK_PYTHON" -c 'import pytest, flask, build' 2>/dev/null; then
+if ! "$SDK_PYTHON" -c 'import pytest, flask, jwt, build' 2>/dev/null; then
   "$SDK_PYTHON" -m pip install --quiet --disable-pip-version-check -r sdk/python/requirements-dev.txt
 fi
 pkg_dir="$("$SDK_PYTHON" -c 'import os, sse_gateway_sdk; print(os.path.dirname(sse_gateway_sdk.__file__))' 2>/dev/null || true)"

@@ -4,14 +4,14 @@
 //! subscribers in O(1) and never blocks: a subscriber whose queue is full is closed (slow
 //! consumer) and resumes by cursor.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
@@ -93,8 +93,8 @@ pub struct Connection {
     pub roles: Vec<String>,
     /// When it opened.
     pub connected_at: SystemTime,
-    channels: Mutex<BTreeSet<ChannelName>>,
-    tx: mpsc::Sender<Item>,
+    channels: Mutex<ChannelSet>,
+    queue: Queue,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     delivery: AtomicU8,
@@ -103,9 +103,18 @@ pub struct Connection {
     /// Cancelled to drop the underlying TCP connection (HTTP/1.1), so a stalled reader's
     /// socket buffers are released too.
     transport: Option<CancellationToken>,
+    /// The frame the stream writes last when the gateway closes it on purpose (`revoked`),
+    /// set before `closed` is cancelled. Kept out of the queue: it is written even when the
+    /// queue is full.
+    farewell: OnceLock<Bytes>,
 }
 
 impl Connection {
+    /// The frame to end the stream with, when the gateway closed it on purpose.
+    pub fn farewell(&self) -> Option<Bytes> {
+        self.farewell.get().cloned()
+    }
+
     /// The channels this connection currently receives.
     pub fn channels(&self) -> Vec<ChannelName> {
         // No invariant spans these short critical sections: a poisoned lock is recovered.
@@ -162,16 +171,11 @@ impl Connection {
         let is_event = matches!(item, Item::Event(_));
         // Reserve the bytes first, so the reader's decrement can never run before the increment.
         let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        let full = if before.saturating_add(len) > self.max_bytes {
-            true
-        } else {
-            match self.tx.try_send(item) {
-                Ok(()) => return true,
-                Err(e) => matches!(e, mpsc::error::TrySendError::Full(_)),
-            }
-        };
+        if before.saturating_add(len) <= self.max_bytes && self.queue.push(item) {
+            return true;
+        }
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-        if full {
+        {
             // While replaying, the event is in the log and a later page reads it; a live
             // stream whose queue overflows is a slow consumer.
             let falls_back = is_event
@@ -195,6 +199,142 @@ impl Connection {
         self.closed.cancel();
         if let Some(t) = &self.transport {
             t.cancel();
+        }
+    }
+}
+
+/// A connection's channels, sorted: a vector sized to its few entries (a B-tree node would take
+/// a couple of hundred bytes for a stream of one channel).
+#[derive(Debug)]
+struct ChannelSet(Vec<ChannelName>);
+
+impl ChannelSet {
+    fn new(channels: &[ChannelName]) -> Self {
+        let mut v = channels.to_vec();
+        v.sort();
+        v.dedup();
+        Self(v)
+    }
+
+    fn contains(&self, ch: &ChannelName) -> bool {
+        self.0.binary_search(ch).is_ok()
+    }
+
+    /// False when it was there already.
+    fn insert(&mut self, ch: ChannelName) -> bool {
+        match self.0.binary_search(&ch) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, ch);
+                true
+            }
+        }
+    }
+
+    /// False when it was not there.
+    fn remove(&mut self, ch: &ChannelName) -> bool {
+        match self.0.binary_search(ch) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, ChannelName> {
+        self.0.iter()
+    }
+}
+
+/// A connection's bounded queue: one consumer (its stream), many producers (dispatch, control
+/// frames). Holds no allocation while empty — most streams are idle most of the time — and
+/// gives back what a burst grew.
+#[derive(Debug)]
+struct Queue {
+    items: Mutex<VecDeque<Item>>,
+    /// Woken on each push; a push while the consumer is not waiting leaves a permit, so a
+    /// wake-up between its check and its wait is not lost.
+    ready: Notify,
+    capacity: usize,
+}
+
+/// Capacity kept after the queue has been drained; a larger one is released.
+const QUEUE_KEEP: usize = 16;
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            items: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Item>> {
+        // No invariant spans these short critical sections: a poisoned lock is recovered.
+        self.items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends `item`; false when the queue is full.
+    fn push(&self, item: Item) -> bool {
+        {
+            let mut items = self.lock();
+            if items.len() >= self.capacity {
+                return false;
+            }
+            items.push_back(item);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Moves up to `limit` items into `out`; returns how many.
+    fn take(&self, out: &mut Vec<Item>, limit: usize) -> usize {
+        let mut items = self.lock();
+        let n = items.len().min(limit);
+        out.extend(items.drain(..n));
+        if items.is_empty() && items.capacity() > QUEUE_KEEP {
+            *items = VecDeque::new();
+        }
+        n
+    }
+}
+
+/// The consuming end of a connection's queue (the stream's).
+pub struct Receiver {
+    connection: Arc<Connection>,
+}
+
+impl Receiver {
+    /// The next queued item, without waiting.
+    pub fn try_recv(&mut self) -> Option<Item> {
+        let queue = &self.connection.queue;
+        let mut items = queue.lock();
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > QUEUE_KEEP {
+            *items = VecDeque::new();
+        }
+        item
+    }
+
+    /// Waits for at least one item, then moves up to `limit` queued items into `out` (all
+    /// that are waiting, bounded): one wake-up and one write carry a burst. Returns how many.
+    /// Cancel-safe: nothing is taken unless it returns.
+    pub async fn recv_many(&mut self, out: &mut Vec<Item>, limit: usize) -> usize {
+        let queue = &self.connection.queue;
+        loop {
+            let n = queue.take(out, limit.max(1));
+            if n > 0 {
+                return n;
+            }
+            queue.ready.notified().await;
         }
     }
 }
@@ -286,15 +426,14 @@ impl Hub {
     pub fn register(
         self: &Arc<Self>,
         new: NewConnection,
-    ) -> Result<(Registration, mpsc::Receiver<Item>), GatewayError> {
-        let (tx, rx) = mpsc::channel(new.queue_events);
+    ) -> Result<(Registration, Receiver), GatewayError> {
         let connection = Arc::new(Connection {
             id: random_id(),
             sub: new.sub,
             roles: new.roles,
             connected_at: SystemTime::now(),
-            channels: Mutex::new(new.channels.iter().cloned().collect()),
-            tx,
+            channels: Mutex::new(ChannelSet::new(&new.channels)),
+            queue: Queue::new(new.queue_events),
             queued_bytes: AtomicUsize::new(0),
             delivery: AtomicU8::new(if new.replaying {
                 Delivery::Replaying
@@ -304,6 +443,7 @@ impl Hub {
             max_bytes: new.queue_bytes,
             closed: CancellationToken::new(),
             transport: new.transport,
+            farewell: OnceLock::new(),
         });
         {
             let mut inner = self.write();
@@ -333,6 +473,9 @@ impl Hub {
         }
         self.metrics.connections.inc();
         self.metrics.subscriptions.inc_by(new.channels.len() as i64);
+        let rx = Receiver {
+            connection: connection.clone(),
+        };
         Ok((
             Registration {
                 hub: self.clone(),
@@ -414,6 +557,35 @@ impl Hub {
         }
     }
 
+    /// The open connections of user `sub` on this node.
+    pub fn user_connections(&self, sub: &str) -> Vec<Arc<Connection>> {
+        let inner = self.read();
+        if !inner.per_user.contains_key(sub) {
+            return Vec::new();
+        }
+        inner
+            .connections
+            .values()
+            .filter(|c| c.sub == sub)
+            .cloned()
+            .collect()
+    }
+
+    /// Closes a connection on purpose: unregisters it at once (no event is queued for it any
+    /// more) and ends its stream with `frame` (e.g. `event: revoked`), written even when its
+    /// queue is full. Returns false when it was closed already.
+    pub fn close_with(&self, connection: &Arc<Connection>, frame: Bytes) -> bool {
+        if connection.closed.is_cancelled() {
+            return false;
+        }
+        let _ = connection.farewell.set(frame);
+        // The transport is left up (unlike a slow consumer's): the stream writes the farewell
+        // and ends its response.
+        connection.closed.cancel();
+        self.remove(connection);
+        true
+    }
+
     /// Looks up a connection by id.
     pub fn connection(&self, id: &str) -> Option<Arc<Connection>> {
         self.read().connections.get(id).cloned()
@@ -478,6 +650,7 @@ impl Hub {
             let frame =
                 crate::event::render_control("gap", &serde_json::json!({ "channels": channels }));
             self.send(&conn, Item::Gap(frame));
+            self.metrics.gaps_sent.inc();
         }
     }
 
@@ -558,7 +731,7 @@ mod tests {
         ChannelName::parse_syntax("logs:ws1").unwrap()
     }
 
-    fn register(hub: &Arc<Hub>, replaying: bool) -> (Registration, mpsc::Receiver<Item>) {
+    fn register(hub: &Arc<Hub>, replaying: bool) -> (Registration, Receiver) {
         hub.register(NewConnection {
             sub: "alice".into(),
             roles: Vec::new(),
@@ -634,7 +807,52 @@ mod tests {
             conn.closed.is_cancelled(),
             "live overflow closes the stream"
         );
-        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_taken_in_one_wake_up_in_order_and_no_buffer_is_kept() {
+        let hub = hub();
+        let (reg, mut rx) = hub
+            .register(NewConnection {
+                sub: "alice".into(),
+                roles: Vec::new(),
+                channels: vec![channel()],
+                queue_events: 64,
+                queue_bytes: 1 << 20,
+                max_per_user: 8,
+                max_total: 8,
+                transport: None,
+                replaying: false,
+            })
+            .unwrap();
+        for n in 0..40 {
+            assert_eq!(hub.dispatch(&event(n)), 1);
+        }
+        let mut items = Vec::new();
+        assert_eq!(rx.recv_many(&mut items, 256).await, 40);
+        let minors: Vec<u64> = items
+            .iter()
+            .map(|item| match item {
+                Item::Event(ev) => ev.position.minor,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(minors, (0..40).collect::<Vec<_>>());
+        assert_eq!(reg.connection.queue.lock().capacity(), 0);
+        // Empty: the receiver waits until the next push.
+        let waiter = tokio::spawn(async move {
+            let mut items = Vec::new();
+            rx.recv_many(&mut items, 8).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        hub.dispatch(&event(40));
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -14,7 +14,12 @@
 //! egress::sse        GET /api/sse: Subscriber extractor (auth) → authorise channels → register
 //!                    in hub → latest values (no cursor or gap) or replay after Last-Event-ID
 //!                    → live frames, heartbeats, expiry
-//! admin              /health, /ready, /metrics, /admin (Admin extractor)
+//! admin              /health, /ready, /metrics, /admin (Admin extractor); history samples
+//!                    the metrics every 5 s for the dashboard's 15-minute charts
+//! authz              the app's permission callback ([authz]): asked by egress for channels
+//!                    the token does not settle, answers cached per (user, channel)
+//! control            gRPC Control: disconnect a user / remove channels on every node (through
+//!                    Redis on the Redis broker); token revocations (auth::Revocations)
 //! ```
 //!
 //! Around them, imports pointing down this list only:
@@ -36,15 +41,18 @@
 mod admin;
 pub mod app;
 pub mod auth;
+mod authz;
 pub mod broker;
 pub mod channel;
 pub mod client;
 pub mod config;
+mod control;
 pub mod demo;
 pub mod dev;
 mod egress;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod hub;
 pub mod ingest;
 pub mod live;

@@ -206,12 +206,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let (overrides, env, file) = (args.overrides(), env_vars()?, args.config);
     let source: ConfigSource =
         Arc::new(move || Ok(Config::load(file.as_deref(), env.clone(), &overrides)?));
+    let signals = Signals::register()?;
     let gateway = Gateway::start_reloadable(source()?, None, source).await?;
     println!(
         "listening: http={} grpc={}",
         gateway.http_addr, gateway.grpc_addr
     );
-    run_until_signal(gateway, None).await;
+    run_until_signal(gateway, signals, None).await;
     Ok(())
 }
 
@@ -248,6 +249,7 @@ async fn dev(args: RunArgs, simulate: bool) -> anyhow::Result<()> {
         let layered = config::layer(file.as_deref(), env.clone(), &overrides);
         Ok(sse_gateway::dev::setup(layered, certs, simulate)?.config)
     });
+    let signals = Signals::register()?;
     let gateway = Gateway::start_reloadable(setup.config, demo, source).await?;
     let (http, grpc) = (gateway.http_addr, gateway.grpc_addr);
     let scheme = if gateway.state.tls { "https" } else { "http" };
@@ -286,38 +288,21 @@ async fn dev(args: RunArgs, simulate: bool) -> anyhow::Result<()> {
             stop.clone(),
         ));
     }
-    run_until_signal(gateway, Some(stop)).await;
+    run_until_signal(gateway, signals, Some(stop)).await;
     Ok(())
 }
 
 /// Serves until SIGINT/SIGTERM, then drains; SIGHUP reloads certificates, keys and publishers.
-async fn run_until_signal(gateway: Gateway, stop: Option<tokio_util::sync::CancellationToken>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangup) => {
-                let stop = shutdown_signal();
-                tokio::pin!(stop);
-                loop {
-                    tokio::select! {
-                        () = &mut stop => break,
-                        Some(()) = hangup.recv() => {
-                            tracing::info!("SIGHUP: reloading certificates, keys and publishers");
-                            // A failure is logged and counted by the reload; the old material stays.
-                            let _ = gateway.reload();
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload is unavailable");
-                shutdown_signal().await;
-            }
-        }
+async fn run_until_signal(
+    gateway: Gateway,
+    mut signals: Signals,
+    stop: Option<tokio_util::sync::CancellationToken>,
+) {
+    while signals.next().await == SignalEvent::Reload {
+        tracing::info!("SIGHUP: reloading certificates, keys and publishers");
+        // A failure is logged and counted by the reload; the old material stays.
+        let _ = gateway.reload();
     }
-    #[cfg(not(unix))]
-    shutdown_signal().await;
     tracing::info!("shutting down: draining streams");
     if let Some(stop) = stop {
         stop.cancel();
@@ -343,25 +328,69 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// What a process signal asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum SignalEvent {
+    /// SIGHUP.
+    Reload,
+    /// SIGINT or SIGTERM.
+    Stop,
+}
+
+/// The process signals the gateway acts on. They are registered before the gateway announces
+/// that it listens: the default action of SIGHUP and SIGTERM ends the process, so a signal sent
+/// right after the `listening:` line must already find its handler.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    hangup: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (needs the tokio runtime).
+    fn register() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let hangup = signal(SignalKind::hangup())
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload is unavailable");
+                })
+                .ok();
+            Ok(Self {
+                hangup,
+                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Waits for the next signal.
+    async fn next(&mut self) -> SignalEvent {
+        #[cfg(unix)]
+        {
+            let hangup = async {
+                match self.hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                Some(()) = hangup => SignalEvent::Reload,
+                _ = self.terminate.recv() => SignalEvent::Stop,
+                _ = self.interrupt.recv() => SignalEvent::Stop,
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            SignalEvent::Stop
+        }
     }
 }
 

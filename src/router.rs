@@ -4,6 +4,7 @@
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::control::service::ControlService;
 use crate::ingest::pb;
 use crate::ingest::publisher::PublisherService;
 use crate::state::AppState;
@@ -12,7 +13,13 @@ use crate::{admin, demo, egress};
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
-        .route("/api/sse", get(egress::sse::stream))
+        .route(
+            "/api/sse",
+            get(egress::sse::stream).route_layer(axum::middleware::from_fn_with_state(
+                state.metrics.clone(),
+                admin::count_stream_opens,
+            )),
+        )
         .route(
             "/api/sse/session",
             post(egress::session::create).delete(egress::session::delete),
@@ -27,7 +34,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin", get(admin::page))
         .route("/admin/session", post(admin::session))
         .route("/admin/connections", get(admin::connections))
-        .route("/admin/channels", get(admin::channels));
+        .route("/admin/channels", get(admin::channels))
+        .route("/admin/history", get(admin::history))
+        .route("/admin/disconnect", post(admin::disconnect));
     if state.demo.is_some() {
         router = router.merge(demo::routes());
     }
@@ -50,7 +59,7 @@ pub fn router(state: AppState) -> Router {
     router.with_state(state)
 }
 
-/// The gRPC services: `Publisher`, health and reflection.
+/// The gRPC services: `Publisher`, `Control`, health and reflection.
 ///
 /// # Errors
 /// When the reflection descriptors cannot be decoded (a build defect).
@@ -58,6 +67,9 @@ pub(crate) async fn grpc_routes(state: &AppState) -> anyhow::Result<tonic::servi
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::publisher_server::PublisherServer<PublisherService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::control_server::ControlServer<ControlService>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -68,8 +80,20 @@ pub(crate) async fn grpc_routes(state: &AppState) -> anyhow::Result<tonic::servi
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let publisher = PublisherService::new(state.pipeline.clone(), state.tasks.clone());
-    Ok(tonic::service::Routes::new(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(publisher.into_server()))
+        .add_service(publisher.into_server())
+        .add_service(
+            ControlService::new(state.control.clone(), state.pipeline.publishers.clone())
+                .into_server(),
+        );
+    Ok(tonic::service::Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                state.metrics.clone(),
+                admin::time_grpc_request,
+            )),
+    ))
 }

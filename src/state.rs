@@ -8,9 +8,12 @@ use axum::extract::FromRef;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{JwtVerifier, TokenAuth};
+use crate::auth::{JwtVerifier, Revocations, TokenAuth};
+use crate::authz::Authorizer;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::control::Control;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
 use crate::live::Live;
@@ -37,6 +40,8 @@ pub struct AppState {
     pub(crate) verifier: Live<JwtVerifier>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The last 15 minutes of metrics, for the admin dashboard.
+    pub history: Arc<History>,
     /// Cancelled on shutdown; every stream ends on it.
     pub(crate) shutdown: CancellationToken,
     /// Every task a request spawns, so that shutdown waits for it.
@@ -49,6 +54,12 @@ pub struct AppState {
     pub tls: bool,
     /// Set in the dev setup: mounts the demo page.
     pub(crate) demo: Option<DemoState>,
+    /// The app's permission callback and its answer cache (a reload swaps its settings).
+    pub(crate) authz: Authorizer,
+    /// Users whose earlier tokens are refused.
+    pub(crate) revocations: Arc<Revocations>,
+    /// Disconnects and channel removals, on every node.
+    pub(crate) control: Control,
 }
 
 impl FromRef<AppState> for TokenAuth {
@@ -57,6 +68,7 @@ impl FromRef<AppState> for TokenAuth {
             verifier: state.verifier.clone(),
             allow_query_token: state.config.http.allow_query_token,
             secure_cookies: state.tls,
+            revocations: state.revocations.clone(),
         }
     }
 }

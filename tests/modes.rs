@@ -180,6 +180,8 @@ impl Running {
 }
 
 fn http() -> reqwest::Client {
+    // reqwest takes the process's rustls provider (ring), as the gateway does.
+    sse_gateway::app::install_crypto_provider();
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 

@@ -9,6 +9,16 @@ A browser subscribed to those channels watches the run live.
 Publishing never breaks the ETL: a failed publish (gateway down, ...) is logged by the SDK and
 returned as a result with ok=False; the run goes on.
 
+It is also the gateway's permission service (`[authz] url = "http://127.0.0.1:5000/sse/authorize"`):
+workspace membership lives here, not in tokens, and the gateway asks
+
+    POST /sse/authorize   {"sub": "alice", "roles": [], "channels": ["logs:ws1:wf1", ...]}
+
+with the subscriber's own token, which this app verifies itself (HS256, the shared secret).
+
+    PUT    /workspaces/<ws>/members/<user>    add a member     (token with role "admin")
+    DELETE /workspaces/<ws>/members/<user>    remove a member  (token with role "admin")
+
 Run against the dev setup of `cargo run --release` (see README.md):
 
     python examples/flask_etl/app.py        # http://127.0.0.1:5000
@@ -16,9 +26,11 @@ Run against the dev setup of `cargo run --release` (see README.md):
 
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
+import jwt
 from flask import Flask, jsonify, request
 
 from sse_gateway_sdk import Publisher
@@ -40,8 +52,100 @@ def publisher() -> Publisher:
     )
 
 
+def jwt_secret() -> bytes:
+    """$SSE_GATEWAY_JWT_SECRET when set, else the dev setup's <repo>/certs/dev-secret: the
+    secret the gateway verifies subscriber tokens with."""
+    if os.environ.get("SSE_GATEWAY_JWT_SECRET"):
+        return os.environ["SSE_GATEWAY_JWT_SECRET"].encode()
+    return (REPO / "certs" / "dev-secret").read_bytes().rstrip()
+
+
 app = Flask(__name__)
 pub = publisher()  # one gRPC channel for the whole app, shared by all requests
+SECRET = jwt_secret()
+
+# The app's own permission model: who belongs to which workspace. A real app keeps this in
+# its database; tokens do not list it (a user may belong to thousands of workflows).
+MEMBERS: dict[str, set[str]] = {"ws1": {"alice", "bob"}, "ws2": {"bob"}}
+MEMBERS_LOCK = threading.Lock()
+# Channel types whose second segment is a workspace id (logs:ws:wf, metrics:ws, workflow:ws:wf).
+WORKSPACE_CHANNELS = {"logs", "metrics", "workflow"}
+# How long the gateway may reuse an answer. A removed member keeps reading for at most this
+# long unless the app also unsubscribes them through the gateway's Control service.
+ANSWER_TTL_SECS = 30
+
+
+def user_of(req):
+    """The verified claims of the request's bearer token, or None."""
+    scheme, _, token = req.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    try:
+        return jwt.decode(token, SECRET, algorithms=["HS256"], leeway=30,
+                          options={"require": ["exp", "sub"]})
+    except jwt.InvalidTokenError:
+        return None
+
+
+def may_read(user: str, channel: str):
+    """None when `user` may read `channel`, else the reason they may not."""
+    kind, _, rest = channel.partition(":")
+    if kind not in WORKSPACE_CHANNELS:
+        return f"{kind} channels are not this app's to grant"
+    workspace = rest.split(":")[0]
+    with MEMBERS_LOCK:
+        if user in MEMBERS.get(workspace, set()):
+            return None
+    return f"not a member of workspace {workspace}"
+
+
+@app.post("/sse/authorize")
+def authorize():
+    """The gateway's permission callback: one verdict per channel asked."""
+    claims = user_of(request)
+    if claims is None:
+        return {"error": "invalid token"}, 401  # the gateway then denies: "authorizer unavailable"
+    body = request.get_json(silent=True) or {}
+    if body.get("sub") != claims["sub"]:
+        return {"error": "sub does not match the token"}, 403
+    allow, deny = [], []
+    for channel in body.get("channels", []):
+        reason = may_read(claims["sub"], channel)
+        if reason is None:
+            allow.append(channel)
+        else:
+            deny.append({"channel": channel, "reason": reason})
+    return {"allow": allow, "deny": deny, "ttl_secs": ANSWER_TTL_SECS}
+
+
+def admin_only():
+    claims = user_of(request)
+    if claims is None:
+        return {"error": "invalid token"}, 401
+    if "admin" not in claims.get("roles", []):
+        return {"error": "needs role admin"}, 403
+    return None
+
+
+@app.put("/workspaces/<ws>/members/<user>")
+def add_member(ws: str, user: str):
+    if (refused := admin_only()) is not None:
+        return refused
+    with MEMBERS_LOCK:
+        MEMBERS.setdefault(ws, set()).add(user)
+        members = sorted(MEMBERS[ws])
+    return {"workspace_id": ws, "members": members}
+
+
+@app.delete("/workspaces/<ws>/members/<user>")
+def remove_member(ws: str, user: str):
+    """Removes `user` from workspace `ws`: from now on the callback denies them its channels."""
+    if (refused := admin_only()) is not None:
+        return refused
+    with MEMBERS_LOCK:
+        MEMBERS.get(ws, set()).discard(user)
+        members = sorted(MEMBERS.get(ws, set()))
+    return {"workspace_id": ws, "members": members}
 
 
 def log(ws: str, wf: str, level: str, step: str, message: str, **extra):

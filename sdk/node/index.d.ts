@@ -3,6 +3,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { ProtoGrpcType } from './generated/gateway';
 import type { PublisherClient } from './generated/ssegateway/v1/Publisher';
+import type { ControlClient } from './generated/ssegateway/v1/Control';
 
 export type { ProtoGrpcType } from './generated/gateway';
 export type { PublisherClient, PublisherDefinition, PublisherHandlers } from './generated/ssegateway/v1/Publisher';
@@ -11,6 +12,10 @@ export type { PublishResponse, PublishResponse__Output } from './generated/ssega
 export type { PublishBatchRequest, PublishBatchRequest__Output } from './generated/ssegateway/v1/PublishBatchRequest';
 export type { PublishBatchResponse, PublishBatchResponse__Output } from './generated/ssegateway/v1/PublishBatchResponse';
 export type { Audience as AudienceMessage, Audience__Output } from './generated/ssegateway/v1/Audience';
+export type { ControlClient, ControlDefinition, ControlHandlers } from './generated/ssegateway/v1/Control';
+export type { DisconnectRequest, DisconnectRequest__Output } from './generated/ssegateway/v1/DisconnectRequest';
+export type { UnsubscribeRequest, UnsubscribeRequest__Output } from './generated/ssegateway/v1/UnsubscribeRequest';
+export type { ControlResponse, ControlResponse__Output } from './generated/ssegateway/v1/ControlResponse';
 
 /** A gRPC status name: 'OK', 'INVALID_ARGUMENT', 'PERMISSION_DENIED', 'UNAVAILABLE', ... */
 export type StatusName = keyof typeof grpc.status;
@@ -142,6 +147,58 @@ export declare class PublishError extends Error {
   details: string;
   channel: string;
   /** Numeric gRPC status code. */
+  grpcCode: grpc.status;
+}
+
+export interface ControlResult {
+  /** True when the gateway applied the call. */
+  ok: boolean;
+  /** Streams affected on the gateway node that answered (other nodes act on theirs). */
+  streams: number;
+  /** 'OK', the gRPC status name of the failure, or 'DISABLED'. */
+  code: ResultCode;
+  message: string;
+}
+
+export interface DisconnectOptions extends CallOptions {
+  /** Sent to the client in `event: revoked`. */
+  reason?: string;
+  /** Also refuse the user's tokens issued before this call (by `iat`) until they expire. */
+  revokeTokens?: boolean;
+}
+
+export interface UnsubscribeOptions extends CallOptions {
+  /** The removed channels' denial reason in `event: subscriptions`. */
+  reason?: string;
+}
+
+/**
+ * Disconnects users and removes channels from their open streams, on every gateway node. The
+ * same options and environment variables as Publisher (enabled included); the gateway allows
+ * it only for a certificate whose [[publishers]] entry has `control = true`.
+ */
+export declare class Control {
+  constructor(options?: PublisherOptions);
+  readonly addr: string;
+  readonly timeoutMs: number;
+  readonly strict: boolean;
+  readonly enabled: boolean;
+  /** The generated client. Throws a ConfigError when disabled. */
+  readonly client: ControlClient;
+  /** Closes each of the user's (JWT `sub`) streams with `event: revoked`. */
+  disconnect(userId: string, options?: DisconnectOptions): Promise<ControlResult>;
+  /** Removes the channels matching `pattern` (e.g. 'logs:ws1:**') from the user's streams. */
+  unsubscribe(userId: string, pattern: string, options?: UnsubscribeOptions): Promise<ControlResult>;
+  /** Closes the channel; later calls fail with FAILED_PRECONDITION. */
+  close(): Promise<void>;
+}
+
+/** A failed control call (strict mode); an instance of PublishError at run time. */
+export declare class ControlError extends Error {
+  constructor(code: StatusName, message: string);
+  readonly name: 'ControlError';
+  code: StatusName;
+  details: string;
   grpcCode: grpc.status;
 }
 

@@ -1,6 +1,7 @@
 'use strict';
-// Publisher SDK for sse-gateway: a thin promise-based wrapper around the generated
-// `ssegateway.v1.Publisher` client (@grpc/grpc-js + @grpc/proto-loader, types in generated/).
+// Publisher SDK for sse-gateway: thin promise-based wrappers around the generated
+// `ssegateway.v1.Publisher` and `ssegateway.v1.Control` clients (@grpc/grpc-js +
+// @grpc/proto-loader, types in generated/).
 //
 // One mTLS channel per Publisher, reused by every call; a deadline on every call (default 5 s).
 // A failed publish resolves to a result with `ok: false` (and is logged), so publishing never
@@ -152,59 +153,64 @@ function fromServiceError(err) {
 
 const defaultLogger = { warn: (msg) => console.warn(msg) };
 
+// The settings shared by Publisher and Control (options, else SSE_GATEWAY_* variables) and the
+// generated client of `service`, unless disabled.
+function configure(self, options, service) {
+  const env = process.env;
+  self.addr = options.addr || env.SSE_GATEWAY_ADDR || DEFAULT_ADDR;
+  if (/^[a-z]+:\/\//i.test(self.addr)) {
+    throw new ConfigError(`addr '${self.addr}': give host:port, without a scheme`);
+  }
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  if (!(typeof timeoutMs === 'number' && timeoutMs > 0)) {
+    throw new ConfigError('timeoutMs must be a positive number of milliseconds');
+  }
+  self.timeoutMs = timeoutMs;
+  self.strict = Boolean(options.strict);
+  self.logger = options.logger === undefined ? defaultLogger : options.logger;
+  self.enabled = isEnabled(options.enabled, env);
+  self._closed = false;
+  self._client = null;
+  self._disabledLogged = false;
+  if (!self.enabled) return; // a no-op: no certificate is needed or read, no client is made
+  const ca = options.ca ?? env.SSE_GATEWAY_CA;
+  const cert = options.cert ?? env.SSE_GATEWAY_CERT;
+  const key = options.key ?? env.SSE_GATEWAY_KEY;
+  if (!cert || !key) {
+    throw new ConfigError(
+      'the gateway requires a client certificate: pass { cert, key } (PEM files or contents) ' +
+        'or set $SSE_GATEWAY_CERT and $SSE_GATEWAY_KEY',
+    );
+  }
+  let credentials;
+  try {
+    credentials = grpc.credentials.createSsl(
+      readPem(ca, 'CA certificate', 'SSE_GATEWAY_CA'),
+      readPem(key, 'client key', 'SSE_GATEWAY_KEY'),
+      readPem(cert, 'client certificate', 'SSE_GATEWAY_CERT'),
+    );
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    throw new ConfigError(`invalid TLS material (CA, client certificate or key): ${e.message}`);
+  }
+  const channelOptions = { 'grpc.primary_user_agent': `sse-gateway-sdk-node/${VERSION}` };
+  const serverName = options.serverName || env.SSE_GATEWAY_SERVER_NAME;
+  if (serverName) {
+    channelOptions['grpc.ssl_target_name_override'] = serverName;
+    channelOptions['grpc.default_authority'] = serverName;
+  }
+  Object.assign(channelOptions, options.channelOptions || {});
+  const Client = loadGrpcPackage().ssegateway.v1[service];
+  self._client = new Client(self.addr, credentials, channelOptions);
+}
+
 class Publisher {
   /**
    * @param {import('./index').PublisherOptions} [options]
    */
   constructor(options = {}) {
-    const env = process.env;
-    this.addr = options.addr || env.SSE_GATEWAY_ADDR || DEFAULT_ADDR;
-    if (/^[a-z]+:\/\//i.test(this.addr)) {
-      throw new ConfigError(`addr '${this.addr}': give host:port, without a scheme`);
-    }
-    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    if (!(typeof timeoutMs === 'number' && timeoutMs > 0)) {
-      throw new ConfigError('timeoutMs must be a positive number of milliseconds');
-    }
-    this.timeoutMs = timeoutMs;
-    this.strict = Boolean(options.strict);
-    this.logger = options.logger === undefined ? defaultLogger : options.logger;
-    this.enabled = isEnabled(options.enabled, env);
-    this._closed = false;
-    this._client = null;
-    this._disabledLogged = false;
-    if (!this.enabled) return; // a no-op: no certificate is needed or read, no client is made
-    const ca = options.ca ?? env.SSE_GATEWAY_CA;
-    const cert = options.cert ?? env.SSE_GATEWAY_CERT;
-    const key = options.key ?? env.SSE_GATEWAY_KEY;
-    if (!cert || !key) {
-      throw new ConfigError(
-        'the gateway requires a client certificate: pass { cert, key } (PEM files or contents) ' +
-          'or set $SSE_GATEWAY_CERT and $SSE_GATEWAY_KEY',
-      );
-    }
+    configure(this, options, 'Publisher');
     this._stringify = options.jsonStringify || JSON.stringify;
-
-    let credentials;
-    try {
-      credentials = grpc.credentials.createSsl(
-        readPem(ca, 'CA certificate', 'SSE_GATEWAY_CA'),
-        readPem(key, 'client key', 'SSE_GATEWAY_KEY'),
-        readPem(cert, 'client certificate', 'SSE_GATEWAY_CERT'),
-      );
-    } catch (e) {
-      if (e instanceof ConfigError) throw e;
-      throw new ConfigError(`invalid TLS material (CA, client certificate or key): ${e.message}`);
-    }
-    const channelOptions = { 'grpc.primary_user_agent': `sse-gateway-sdk-node/${VERSION}` };
-    const serverName = options.serverName || env.SSE_GATEWAY_SERVER_NAME;
-    if (serverName) {
-      channelOptions['grpc.ssl_target_name_override'] = serverName;
-      channelOptions['grpc.default_authority'] = serverName;
-    }
-    Object.assign(channelOptions, options.channelOptions || {});
-    const { Publisher: PublisherClient } = loadGrpcPackage().ssegateway.v1;
-    this._client = new PublisherClient(this.addr, credentials, channelOptions);
   }
 
   /** The generated client (typed PublisherClient), e.g. for PublishStream. A disabled publisher has none. */
@@ -369,6 +375,97 @@ class Publisher {
   }
 }
 
+class ControlError extends PublishError {
+  constructor(code, message) {
+    super(code, message);
+    this.name = 'ControlError';
+  }
+}
+
+/**
+ * Disconnects users and removes channels from their open streams, on every gateway node. The
+ * same options and environment variables as Publisher; the gateway allows it only for a
+ * certificate whose [[publishers]] entry has `control = true`. A failed call resolves to
+ * `{ ok: false, code, message }` (and is logged) unless `strict`, then it rejects with a
+ * ControlError; a disabled Control resolves every call to `ok: false` with code DISABLED.
+ */
+class Control {
+  /**
+   * @param {import('./index').PublisherOptions} [options]
+   */
+  constructor(options = {}) {
+    configure(this, options, 'Control');
+  }
+
+  /** The generated client (typed ControlClient). A disabled Control has none. */
+  get client() {
+    if (!this._client) throw new ConfigError(`${controlDisabledMessage(this.addr)}: it has no gRPC client`);
+    return this._client;
+  }
+
+  /**
+   * Closes each of the user's streams with `event: revoked` carrying `reason`; with
+   * `revokeTokens`, the user's tokens issued before this call (by `iat`) are refused until
+   * they expire.
+   * @returns {Promise<import('./index').ControlResult>}
+   */
+  async disconnect(userId, options = {}) {
+    const req = { userId: String(userId ?? ''), reason: options.reason || '', revokeTokens: Boolean(options.revokeTokens) };
+    return this._run(`disconnect of '${req.userId}'`, 'disconnect', req, options);
+  }
+
+  /**
+   * Removes the channels matching `pattern` (e.g. 'logs:ws1:**') from the user's open streams;
+   * each gets `event: subscriptions` listing them as denied with `reason`.
+   * @returns {Promise<import('./index').ControlResult>}
+   */
+  async unsubscribe(userId, pattern, options = {}) {
+    const req = { userId: String(userId ?? ''), pattern: String(pattern ?? ''), reason: options.reason || '' };
+    return this._run(`unsubscribe of '${req.userId}' from '${req.pattern}'`, 'unsubscribe', req, options);
+  }
+
+  /** Closes the gRPC channel; later calls fail with FAILED_PRECONDITION. */
+  async close() {
+    if (!this._closed) {
+      this._closed = true;
+      if (this._client) this._client.close();
+    }
+  }
+
+  async _run(what, method, req, options) {
+    if (!this.enabled) {
+      if (!this._disabledLogged) {
+        this._disabledLogged = true;
+        this._warn(`${controlDisabledMessage(this.addr)}; every call resolves to ok: false with code ${DISABLED}`);
+      }
+      return { ok: false, streams: 0, code: DISABLED, message: controlDisabledMessage(this.addr) };
+    }
+    const strict = options.strict ?? this.strict;
+    try {
+      if (this._closed) throw new ControlError('FAILED_PRECONDITION', 'the control client is closed');
+      const deadline = new Date(Date.now() + (options.timeoutMs ?? this.timeoutMs));
+      const res = await new Promise((resolve, reject) => {
+        this._client[method](req, { deadline }, (err, r) => (err ? reject(fromServiceError(err)) : resolve(r)));
+      });
+      return { ok: true, streams: res.streams, code: 'OK', message: '' };
+    } catch (err) {
+      const base = err instanceof PublishError ? err : new PublishError('INTERNAL', err && err.message ? err.message : String(err));
+      const e = new ControlError(base.code, base.details);
+      if (strict) throw e;
+      this._warn(`${what} failed: ${e.code}: ${e.details}`);
+      return { ok: false, streams: 0, code: e.code, message: e.details };
+    }
+  }
+
+  _warn(msg) {
+    if (this.logger && typeof this.logger.warn === 'function') this.logger.warn(`sse-gateway ${msg}`);
+  }
+}
+
+function controlDisabledMessage(addr) {
+  return `control is disabled (enabled: false or $SSE_GATEWAY_ENABLED=false): nothing is sent to ${addr}`;
+}
+
 function disabledMessage(addr) {
   return `publishing is disabled (enabled: false or $SSE_GATEWAY_ENABLED=false): nothing is sent to ${addr}`;
 }
@@ -380,6 +477,8 @@ function okResult(channel, res) {
 module.exports = {
   Publisher,
   PublishError,
+  Control,
+  ControlError,
   ConfigError,
   loadGrpcPackage,
   DEFAULT_ADDR,

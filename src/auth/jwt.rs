@@ -39,6 +39,29 @@ pub struct Subscriber {
     pub roles: Vec<String>,
     /// Token expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// When the token was issued (`iat`, seconds since the Unix epoch), when it says so as a
+    /// number; a revocation of the user's tokens refuses those issued before it.
+    pub iat: Option<u64>,
+    /// The verified token itself, forwarded to the `[authz]` callback so that the app can
+    /// check the user its own way.
+    pub(crate) token: BearerToken,
+}
+
+/// A subscriber's raw token: `Debug` never shows it, and it is never serialized.
+#[derive(Clone)]
+pub(crate) struct BearerToken(std::sync::Arc<str>);
+
+impl BearerToken {
+    /// The token, for the `Authorization` header of the callback.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 impl Subscriber {
@@ -214,6 +237,14 @@ impl JwtVerifier {
                     _ => "malformed token",
                 })
             })?;
+        let iat = data.claims.iat.as_ref().and_then(|v| match v {
+            serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(|s| s as u64)
+            }),
+            _ => None,
+        });
         let claims = claims_of(data.claims, crate::event::now_ms() / 1000).map_err(unauth)?;
         let patterns = claims
             .channels
@@ -231,6 +262,8 @@ impl JwtVerifier {
             patterns,
             roles: claims.roles,
             exp: claims.exp,
+            iat,
+            token: BearerToken(token.into()),
         })
     }
 }
@@ -246,6 +279,8 @@ struct RawClaims {
     roles: Option<serde_json::Value>,
     /// Checked by the library; read here only to explain an unreadable token.
     nbf: Option<serde_json::Value>,
+    /// Issued-at, for token revocation.
+    iat: Option<serde_json::Value>,
 }
 
 /// Through a map, so that claims that are not a JSON object (an array would fill the fields
@@ -259,6 +294,7 @@ impl From<serde_json::Map<String, serde_json::Value>> for RawClaims {
             channels: take("channels"),
             roles: take("roles"),
             nbf: take("nbf"),
+            iat: take("iat"),
         }
     }
 }

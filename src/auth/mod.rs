@@ -4,6 +4,8 @@
 pub mod jwt;
 pub(crate) mod mtls;
 mod request;
+mod revocation;
 
 pub use jwt::{JwtVerifier, Subscriber};
 pub use request::{bearer, set_cookie, Admin, TokenAuth, ADMIN_COOKIE, COOKIE};
+pub use revocation::Revocations;

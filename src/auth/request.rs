@@ -2,12 +2,14 @@
 //! for a verified token. The token comes from `Authorization: Bearer`, else a cookie, else — only
 //! when `[http] allow_query_token` is set — the `access_token` query parameter.
 
+use std::sync::Arc;
+
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{JwtVerifier, Subscriber};
+use super::{JwtVerifier, Revocations, Subscriber};
 use crate::error::GatewayError;
 use crate::live::Live;
 
@@ -26,15 +28,24 @@ pub struct TokenAuth {
     pub allow_query_token: bool,
     /// Whether cookies get `Secure` (the HTTP listener speaks TLS).
     pub secure_cookies: bool,
+    /// Users whose earlier tokens are refused (`Control.Disconnect` with `revoke_tokens`).
+    pub revocations: Arc<Revocations>,
 }
 
 impl TokenAuth {
     /// Verifies a token with the current key.
     ///
     /// # Errors
-    /// [`GatewayError::Unauthenticated`] when it does not verify.
+    /// [`GatewayError::Unauthenticated`] when it does not verify, or was revoked.
     pub fn verify(&self, token: &str) -> Result<Subscriber, GatewayError> {
-        self.verifier.load().verify(token)
+        let user = self.verifier.load().verify(token)?;
+        if self
+            .revocations
+            .is_revoked(&user.sub, user.iat, crate::event::now_ms())
+        {
+            return Err(GatewayError::Unauthenticated("token revoked".to_owned()));
+        }
+        Ok(user)
     }
 
     /// Finds the request's token (bearer, then `cookies` in order, then the query when allowed)

@@ -491,6 +491,9 @@ impl RedisLog {
     }
 
     fn set_tail_at(&self, at: Option<Position>) {
+        if let Some(p) = at {
+            self.metrics.redis_tail.dispatched((p.major, p.minor));
+        }
         *self.tail_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
@@ -798,6 +801,9 @@ impl RedisLog {
                     "redis: the append script answered {} of {total} events",
                     reply.len()
                 )));
+            }
+            if let Some(p) = reply.iter().filter_map(|(id, _)| parse_id(id)).max() {
+                self.metrics.redis_tail.appended((p.major, p.minor));
             }
             return Ok(reply.into_iter().map(|(id, dup)| (id, dup == 1)).collect());
         }

@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use schema::{
-    BrokerConfig, BrokerKind, ChannelConfig, GrpcConfig, HistoryConfig, HttpConfig, JwtAlgorithm,
-    JwtConfig, LimitsConfig, PublisherConfig, RawConfig, Secret, SseConfig,
+    AuthzConfig, AuthzMode, BrokerConfig, BrokerKind, ChannelConfig, GrpcConfig, HistoryConfig,
+    HttpConfig, JwtAlgorithm, JwtConfig, LimitsConfig, PublisherConfig, RawConfig, Secret,
+    SseConfig,
 };
 pub use sources::{layer, Layered, Origins};
 
@@ -208,6 +209,8 @@ pub struct JwtSettings {
     pub audience: Option<String>,
     /// Clock leeway for `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// How long a token revocation is kept, in seconds (the longest token life).
+    pub max_token_lifetime_secs: u64,
 }
 
 impl JwtSettings {
@@ -220,6 +223,7 @@ impl JwtSettings {
             issuer: None,
             audience: None,
             leeway_secs: JwtConfig::default().leeway_secs,
+            max_token_lifetime_secs: JwtConfig::default().max_token_lifetime_secs,
         }
     }
 }
@@ -244,8 +248,25 @@ pub struct Publisher {
     pub name: String,
     /// Allowed channel patterns.
     pub channels: Vec<ChannelPattern>,
-    /// May call the `Control` service (reserved).
+    /// May call the `Control` service.
     pub control: bool,
+}
+
+/// `[authz]`, validated: present only with a URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthzSettings {
+    /// Where the gateway POSTs (http or https).
+    pub url: String,
+    /// When the callback is asked.
+    pub mode: AuthzMode,
+    /// Longest wait for one answer.
+    pub timeout: std::time::Duration,
+    /// How long an answer without `ttl_secs` is cached (zero: not cached).
+    pub cache_ttl: std::time::Duration,
+    /// Callback requests in flight at once.
+    pub max_concurrent: usize,
+    /// Cached (user, channel) answers kept at most.
+    pub cache_max_entries: usize,
 }
 
 /// The validated configuration the gateway runs with. Built only by [`validate::validate`].
@@ -269,6 +290,8 @@ pub struct Config {
     pub channel_types: ChannelTypes,
     /// Publisher permissions by name.
     pub publishers: BTreeMap<String, Publisher>,
+    /// `[authz]`; `None` without a URL (no callback).
+    pub authz: Option<AuthzSettings>,
 }
 
 impl Config {

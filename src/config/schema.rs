@@ -207,6 +207,9 @@ pub struct JwtConfig {
     pub audience: String,
     /// Clock leeway for `exp`/`nbf`.
     pub leeway_secs: u64,
+    /// The longest life of a token the issuer mints (`exp` − `iat`): a token revocation
+    /// (`Control.Disconnect` with `revoke_tokens`) is kept this long.
+    pub max_token_lifetime_secs: u64,
 }
 
 impl Default for JwtConfig {
@@ -220,6 +223,7 @@ impl Default for JwtConfig {
             issuer: String::new(),
             audience: String::new(),
             leeway_secs: 30,
+            max_token_lifetime_secs: 86_400,
         }
     }
 }
@@ -325,6 +329,48 @@ impl Default for BrokerConfig {
     }
 }
 
+/// `authz.mode`: when the permission callback is asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthzMode {
+    /// Only for channels no token claim or subscribe rule grants.
+    #[default]
+    Fallback,
+    /// For every channel the token grants: the callback must also allow it.
+    Always,
+}
+
+/// `[authz]`: the app's own permission service, asked over HTTP (empty `url` = none).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// `http://` or `https://` URL the gateway POSTs to; empty = no callback.
+    pub url: String,
+    /// `fallback` or `always`.
+    pub mode: AuthzMode,
+    /// Longest wait for one answer (a permit, connecting, the whole body), in milliseconds.
+    pub timeout_ms: u64,
+    /// How long an answer without `ttl_secs` is cached, in seconds (0 = not cached).
+    pub cache_ttl_secs: u64,
+    /// Callback requests in flight at once on this node; more wait (within `timeout_ms`).
+    pub max_concurrent: usize,
+    /// Cached (user, channel) answers kept at most; past it, new answers are not cached.
+    pub cache_max_entries: usize,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            mode: AuthzMode::Fallback,
+            timeout_ms: 1000,
+            cache_ttl_secs: 30,
+            max_concurrent: 64,
+            cache_max_entries: 100_000,
+        }
+    }
+}
+
 fn default_snapshot_ttl() -> u64 {
     86_400
 }
@@ -356,7 +402,7 @@ pub struct PublisherConfig {
     /// Channel patterns this publisher may publish to.
     #[serde(default)]
     pub channels: Vec<String>,
-    /// May call the `Control` service (reserved: accepted, not yet acted on).
+    /// May call the `Control` service (disconnect users, remove their channels).
     #[serde(default)]
     pub control: bool,
 }
@@ -402,6 +448,8 @@ pub struct RawConfig {
     pub channels: BTreeMap<String, ChannelConfig>,
     /// `[[publishers]]`.
     pub publishers: Vec<PublisherConfig>,
+    /// `[authz]`.
+    pub authz: AuthzConfig,
 }
 
 impl Default for RawConfig {
@@ -416,6 +464,7 @@ impl Default for RawConfig {
             broker: BrokerConfig::default(),
             channels: default_channels(),
             publishers: Vec::new(),
+            authz: AuthzConfig::default(),
         }
     }
 }

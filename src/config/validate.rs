@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use super::schema::{ChannelConfig, JwtAlgorithm, RawConfig};
 use super::sources::Origins;
 use super::{
-    BrokerKind, Config, ConfigError, GrpcSettings, HttpSettings, JwtKey, JwtSettings, Publisher,
-    SseSettings, TlsFiles,
+    AuthzSettings, BrokerKind, Config, ConfigError, GrpcSettings, HttpSettings, JwtKey,
+    JwtSettings, Publisher, SseSettings, TlsFiles,
 };
 use crate::channel::{ChannelPattern, ChannelType, ChannelTypes};
 
@@ -95,6 +95,7 @@ pub fn validate(
     validate_broker(&mut r, raw);
     let channel_types = validate_channels(&mut r, &raw.channels);
     let publishers = validate_publishers(&mut r, raw, channel_types.as_ref());
+    let authz = validate_authz(&mut r, raw);
     match (http, grpc, jwt, channel_types) {
         (Some(http), Some(grpc), Some(jwt), Some(channel_types)) if r.errors.is_empty() => {
             Ok(Config {
@@ -107,6 +108,7 @@ pub fn validate(
                 broker: raw.broker.clone(),
                 channel_types,
                 publishers,
+                authz,
             })
         }
         _ => Err(r.errors),
@@ -278,6 +280,9 @@ fn validate_jwt(r: &mut Report<'_>, raw: &RawConfig, base: &Path) -> Option<JwtS
             }
         }
     };
+    if j.max_token_lifetime_secs == 0 {
+        r.invalid("jwt.max_token_lifetime_secs", "must be at least 1");
+    }
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     Some(JwtSettings {
         algorithm: j.algorithm,
@@ -285,6 +290,7 @@ fn validate_jwt(r: &mut Report<'_>, raw: &RawConfig, base: &Path) -> Option<JwtS
         issuer: non_empty(&j.issuer),
         audience: non_empty(&j.audience),
         leeway_secs: j.leeway_secs,
+        max_token_lifetime_secs: j.max_token_lifetime_secs,
     })
 }
 
@@ -342,6 +348,49 @@ fn validate_broker(r: &mut Report<'_>, raw: &RawConfig) {
     {
         r.invalid("broker.url", "must be a redis:// or rediss:// URL");
     }
+}
+
+fn validate_authz(r: &mut Report<'_>, raw: &RawConfig) -> Option<AuthzSettings> {
+    let a = &raw.authz;
+    for (key, value) in [
+        ("authz.timeout_ms", a.timeout_ms),
+        ("authz.max_concurrent", a.max_concurrent as u64),
+        ("authz.cache_max_entries", a.cache_max_entries as u64),
+    ] {
+        if value == 0 {
+            r.invalid(key, "must be at least 1");
+        }
+    }
+    if a.url.is_empty() {
+        return None;
+    }
+    match reqwest::Url::parse(&a.url) {
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => r.invalid(
+            "authz.url",
+            format!(
+                "must be an http:// or https:// URL, not {}://",
+                url.scheme()
+            ),
+        ),
+        Ok(url) if !url.username().is_empty() || url.password().is_some() => r.invalid(
+            "authz.url",
+            "must not hold credentials: the request carries the subscriber's own token",
+        ),
+        Ok(url) if !url.has_host() => r.invalid("authz.url", "must name a host"),
+        Ok(_) => {}
+        Err(e) => r.invalid(
+            "authz.url",
+            format!("not a URL ({e}); e.g. http://127.0.0.1:5000/sse/authorize"),
+        ),
+    }
+    Some(AuthzSettings {
+        url: a.url.clone(),
+        mode: a.mode,
+        timeout: std::time::Duration::from_millis(a.timeout_ms),
+        cache_ttl: std::time::Duration::from_secs(a.cache_ttl_secs),
+        max_concurrent: a.max_concurrent,
+        cache_max_entries: a.cache_max_entries,
+    })
 }
 
 fn validate_channels(

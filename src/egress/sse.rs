@@ -25,7 +25,6 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{authorize, Denied, TransportKill};
@@ -33,7 +32,7 @@ use crate::auth::Subscriber;
 use crate::channel::ChannelName;
 use crate::error::GatewayError;
 use crate::event::{render_control, Event, Position};
-use crate::hub::{Item, NewConnection, Registration};
+use crate::hub::{Item, NewConnection, Receiver, Registration};
 use crate::state::AppState;
 
 /// Events per history page during replay.
@@ -113,9 +112,13 @@ pub(crate) async fn stream(
         }
     }
     let asked = !requested.is_empty();
-    let (granted, denied) = authorize(&state.config.channel_types, &user, requested);
+    let (granted, denied) =
+        authorize(&state.config.channel_types, &state.authz, &user, requested).await;
     if asked && granted.is_empty() {
-        let list: Vec<&str> = denied.iter().map(|d| d.channel.as_str()).collect();
+        let list: Vec<String> = denied
+            .iter()
+            .map(|d| format!("{} ({})", d.channel, d.reason))
+            .collect();
         return Err(GatewayError::PermissionDenied(format!(
             "not permitted to read any requested channel: {}",
             list.join(", ")
@@ -147,6 +150,9 @@ pub(crate) async fn stream(
         replaying: matches!(replay, Some(Replay::From(_))),
     })?;
     tracing::debug!(connection = %registration.connection.id, sub = %user.sub, channels = granted.len(), "stream opened");
+    if matches!(replay, Some(Replay::From(_))) {
+        state.metrics.replays_started.inc();
+    }
 
     let start = match (&replay, cursor) {
         (Some(Replay::From(_)), Some(c)) => Some(c),
@@ -188,9 +194,9 @@ pub(crate) async fn stream(
         done: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
+        let chunk = s.next_chunk().await?;
+        s.state.metrics.sse_bytes_written.inc_by(chunk.len() as u64);
+        Some((Ok::<_, Infallible>(chunk), s))
     }));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
@@ -215,7 +221,7 @@ enum Replay {
 struct SseStream {
     state: AppState,
     registration: Registration,
-    rx: mpsc::Receiver<Item>,
+    rx: Receiver,
     first: Option<Bytes>,
     replay: Option<Replay>,
     /// Events at or before this position were sent by the replay.
@@ -248,10 +254,16 @@ impl SseStream {
             if self.done {
                 return None;
             }
+            if self.registration.connection.closed.is_cancelled() {
+                self.done = true;
+                return self.registration.connection.farewell();
+            }
             if self.snapshot_due {
                 self.snapshot_due = false;
                 let mut out = BytesMut::new();
-                self.write_snapshots(&mut out).await;
+                // Boxed, like the replay below: an idle stream's state is sized for the wait
+                // for live events, not for a log read it did once.
+                Box::pin(self.write_snapshots(&mut out)).await;
                 let mut carry = std::mem::take(&mut self.carry);
                 self.render(&mut carry, &mut out);
                 if out.is_empty() {
@@ -260,7 +272,7 @@ impl SseStream {
                 return Some(out.freeze());
             }
             if let Some(replay) = self.replay.take() {
-                let page = self.replay_page(replay).await;
+                let page = Box::pin(self.replay_page(replay)).await;
                 if page.is_empty() {
                     continue;
                 }
@@ -280,6 +292,7 @@ impl SseStream {
         let mut out = BytesMut::new();
         let after = match replay {
             Replay::Foreign => {
+                self.state.metrics.gaps_sent.inc();
                 out.extend_from_slice(&render_control(
                     "gap",
                     &Gap {
@@ -298,6 +311,7 @@ impl SseStream {
             Ok(batch) => {
                 self.replay_failures = 0;
                 if batch.gap {
+                    self.state.metrics.gaps_sent.inc();
                     out.extend_from_slice(&render_control(
                         "gap",
                         &Gap {
@@ -330,7 +344,7 @@ impl SseStream {
                     // `finish_replay` would have said so), so the queue holds every event after
                     // that page's read. Write them now, leaving the queue empty.
                     let mut items = Vec::new();
-                    while let Ok(item) = self.rx.try_recv() {
+                    while let Some(item) = self.rx.try_recv() {
                         items.push(item);
                     }
                     self.render(&mut items, &mut out);
@@ -374,7 +388,7 @@ impl SseStream {
     /// Control frames are kept.
     fn drain_during_replay(&mut self, out: &mut BytesMut) {
         let conn = self.registration.connection.clone();
-        while let Ok(item) = self.rx.try_recv() {
+        while let Some(item) = self.rx.try_recv() {
             conn.dequeued(&item);
             match item {
                 Item::Event(_) => {}
@@ -497,14 +511,15 @@ impl SseStream {
     }
 
     async fn live(&mut self) -> Option<Bytes> {
-        let mut items = Vec::with_capacity(COALESCE);
+        // Empty until items arrive: an idle stream holds no buffer.
+        let mut items = Vec::new();
         let mut out = BytesMut::new();
         let conn = self.registration.connection.clone();
         tokio::select! {
             biased;
             () = self.state.shutdown.cancelled() => {
                 // Flush what is queued, then close: clients resume by cursor.
-                while let Ok(item) = self.rx.try_recv() {
+                while let Some(item) = self.rx.try_recv() {
                     items.push(item);
                 }
                 self.render(&mut items, &mut out);
@@ -512,7 +527,8 @@ impl SseStream {
             }
             () = conn.closed.cancelled() => {
                 self.done = true;
-                return None;
+                // Closed on purpose (revocation): say why; else (slow consumer) just end.
+                return conn.farewell();
             }
             () = tokio::time::sleep_until(self.expires_at) => {
                 out.extend_from_slice(&render_control("expired", &serde_json::json!({})));

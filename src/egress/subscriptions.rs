@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{authorize, Denied};
 use crate::auth::Subscriber;
+use crate::authz::Authorizer;
 use crate::broker::Broker;
 use crate::channel::ChannelName;
 use crate::config::Config;
@@ -49,6 +50,7 @@ pub(crate) async fn change(
     State(config): State<Arc<Config>>,
     State(hub): State<Arc<Hub>>,
     State(broker): State<Broker>,
+    State(authz): State<Authorizer>,
     body: axum::body::Bytes,
 ) -> Result<Json<Outcome>, GatewayError> {
     let change: Change = serde_json::from_slice(&body)
@@ -81,7 +83,7 @@ pub(crate) async fn change(
             "the connection belongs to another user".into(),
         ));
     }
-    let (granted, mut denied) = authorize(&config.channel_types, &user, add);
+    let (granted, mut denied) = authorize(&config.channel_types, &authz, &user, add).await;
     let before = conn.channels();
     // The room is checked by the hub under its lock: concurrent changes cannot overshoot it.
     let (channels, refused) = hub.update_channels_bounded(&conn, &granted, &remove, limit)?;

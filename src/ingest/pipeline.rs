@@ -111,14 +111,15 @@ impl Pipeline {
             match self.validate(publisher, req) {
                 Ok(ev) => events.push(ev),
                 Err(e) => {
-                    self.metrics.published(result_label(&e), 1);
+                    self.metrics.published_by(publisher, result_label(&e), 1);
                     tracing::debug!(%publisher, error = %e, "publish rejected");
                     return Err(if single { e } else { with_index(e, i) });
                 }
             }
         }
         if !self.limiter.take(publisher, events.len()) {
-            self.metrics.published("rate_limited", events.len() as u64);
+            self.metrics
+                .published_by(publisher, "rate_limited", events.len() as u64);
             return Err(GatewayError::RateLimited(format!(
                 "publisher {publisher:?} is over {} events/s",
                 self.config.limits.publisher_events_per_sec
@@ -161,7 +162,7 @@ impl Pipeline {
             match self.validate(publisher, req) {
                 Ok(ev) => events.push(ev),
                 Err(e) => {
-                    self.metrics.published(result_label(&e), 1);
+                    self.metrics.published_by(publisher, result_label(&e), 1);
                     tracing::debug!(%publisher, error = %e, "publish rejected");
                     error = Some(e);
                     break;
@@ -172,7 +173,7 @@ impl Pipeline {
         if admitted < events.len() {
             // Only the first one over the limit is answered; the stream ends with it.
             events.truncate(admitted);
-            self.metrics.published("rate_limited", 1);
+            self.metrics.published_by(publisher, "rate_limited", 1);
             error = Some(GatewayError::RateLimited(format!(
                 "publisher {publisher:?} is over {} events/s",
                 self.config.limits.publisher_events_per_sec
@@ -203,14 +204,14 @@ impl Pipeline {
         match self.broker.append(publisher, events).await {
             Ok(outcomes) => {
                 let dups = outcomes.iter().filter(|o| o.duplicate).count() as u64;
-                self.metrics.published("ok", n - dups);
+                self.metrics.published_by(publisher, "ok", n - dups);
                 if dups > 0 {
-                    self.metrics.published("duplicate", dups);
+                    self.metrics.published_by(publisher, "duplicate", dups);
                 }
                 Ok(outcomes)
             }
             Err(e) => {
-                self.metrics.published(result_label(&e), n);
+                self.metrics.published_by(publisher, result_label(&e), n);
                 self.metrics.broker_errors.inc();
                 tracing::warn!(%publisher, error = %e, "publish failed");
                 Err(e)

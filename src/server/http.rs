@@ -1,5 +1,7 @@
 //! The HTTP listener: accept, optional TLS (ALPN `h2` and `http/1.1`), one hyper connection per
-//! socket serving the axum router, graceful close on shutdown.
+//! socket serving the axum router, graceful close on shutdown. On plaintext, a connection whose
+//! first request opens an SSE stream is served by [`h1_stream`] instead, which keeps far less
+//! state per open stream.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::tls;
+use super::{h1_stream, tls};
 use crate::config::TlsFiles;
 use crate::egress::TransportKill;
 use crate::live::Live;
@@ -88,23 +90,32 @@ pub(crate) async fn serve(
         let router = router.clone();
         let shutdown = shutdown.clone();
         // The material current at this handshake: a reload applies from the next one.
-        let acceptor = tls
-            .as_ref()
-            .map(|tls| tokio_rustls::TlsAcceptor::from(tls.load()));
-        tasks.spawn(async move {
-            match acceptor {
-                Some(acceptor) => {
+        // Separate tasks, so a plaintext stream's task is not sized for a TLS handshake.
+        match &tls {
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load());
+                tasks.spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(TokioIo::new(stream), router, shutdown).await
+                            Box::pin(serve_connection(TokioIo::new(stream), router, shutdown))
+                                .await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                }
-                None => serve_connection(TokioIo::new(tcp), router, shutdown).await,
+                });
             }
-        });
+            None => {
+                tasks.spawn(async move {
+                    let outcome =
+                        h1_stream::serve(tcp, router.clone(), HEADER_READ_TIMEOUT, &shutdown).await;
+                    if let h1_stream::Outcome::Handoff(io) = outcome {
+                        // Boxed: only connections hyper serves pay for its state.
+                        Box::pin(serve_connection(TokioIo::new(io), router, shutdown)).await;
+                    }
+                });
+            }
+        }
     }
 }
 

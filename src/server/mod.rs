@@ -4,6 +4,7 @@
 //! The caller decides mode, files and ports; nothing here knows whether it runs the dev setup.
 
 mod grpc;
+mod h1_stream;
 mod http;
 mod reload;
 
@@ -18,8 +19,12 @@ use tokio_util::task::TaskTracker;
 
 pub use reload::{load_material, ConfigSource, Material, ReloadError};
 
+use crate::auth::Revocations;
+use crate::authz::Authorizer;
 use crate::broker::{Broker, MemoryLog, RedisLog};
 use crate::config::{BrokerKind, Config};
+use crate::control::{Control, Node as ControlNode};
+use crate::history::{History, SAMPLE_EVERY};
 use crate::hub::Hub;
 use crate::ingest::pipeline::Pipeline;
 use crate::ingest::RateLimiter;
@@ -91,6 +96,27 @@ impl Gateway {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let authz = Authorizer::new(material.authz, metrics.clone());
+        let revocations = Arc::new(Revocations::new(config.jwt.max_token_lifetime_secs));
+        let node = ControlNode::new(
+            hub.clone(),
+            revocations.clone(),
+            authz.clone(),
+            config.limits.max_channels_per_connection,
+        );
+        let control = match config.broker.kind {
+            BrokerKind::Memory => Control::local(node),
+            BrokerKind::Redis => {
+                Control::redis(
+                    &config.broker,
+                    node,
+                    metrics.clone(),
+                    shutdown.clone(),
+                    &tasks,
+                )
+                .await?
+            }
+        };
         let broker = match config.broker.kind {
             BrokerKind::Memory => Broker::Memory(Arc::new(
                 MemoryLog::new(&config.history, hub.clone())
@@ -139,13 +165,18 @@ impl Gateway {
             broker,
             verifier: verifier.clone(),
             metrics: metrics.clone(),
+            history: Arc::new(History::new(metrics.clone())),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             started: Instant::now(),
             tls: http_tls.is_some(),
             demo,
+            authz: authz.clone(),
+            revocations,
+            control,
         };
         let routes = crate::router::grpc_routes(&state).await?;
+        tasks.spawn(state.history.clone().run(SAMPLE_EVERY, shutdown.clone()));
         tasks.spawn({
             let grpc = grpc::serve(
                 grpc_listener,
@@ -181,6 +212,7 @@ impl Gateway {
                 http_tls,
                 metrics,
                 running: Mutex::new(()),
+                authz,
             },
             tasks,
         })

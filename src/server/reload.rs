@@ -4,12 +4,13 @@
 //! publish use the new material. Anything bad keeps the running material, is logged and counted
 //! (`sse_gateway_config_reloads_total{result="error"}`).
 //!
-//! Reloaded: TLS of both listeners, the JWT key, `[[publishers]]`. Every other key (addresses,
-//! limits, broker, channel types) needs a restart.
+//! Reloaded: TLS of both listeners, the JWT key, `[[publishers]]`, `[authz]`. Every other key
+//! (addresses, limits, broker, channel types) needs a restart.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::auth::JwtVerifier;
+use crate::authz::Authorizer;
 use crate::config::Config;
 use crate::ingest::pipeline::Publishers;
 use crate::live::Live;
@@ -28,6 +29,8 @@ pub struct Material {
     pub grpc_tls: rustls::ServerConfig,
     /// HTTPS, when configured.
     pub http_tls: Option<rustls::ServerConfig>,
+    /// The `[authz]` callback client, when a URL is configured.
+    pub(crate) authz: Option<crate::authz::Backend>,
 }
 
 /// Loads every key and certificate `config` names.
@@ -44,16 +47,22 @@ pub fn load_material(config: &Config) -> Result<Material, Vec<anyhow::Error>> {
         .as_ref()
         .map(super::http::tls_config)
         .transpose();
-    match (verifier, grpc_tls, http_tls) {
-        (Ok(verifier), Ok(grpc_tls), Ok(http_tls)) => Ok(Material {
+    let authz = crate::authz::Backend::build(config.authz.as_ref());
+    match (verifier, grpc_tls, http_tls, authz) {
+        (Ok(verifier), Ok(grpc_tls), Ok(http_tls), Ok(authz)) => Ok(Material {
             verifier,
             grpc_tls,
             http_tls,
+            authz,
         }),
-        (verifier, grpc_tls, http_tls) => Err([verifier.err(), grpc_tls.err(), http_tls.err()]
-            .into_iter()
-            .flatten()
-            .collect()),
+        (verifier, grpc_tls, http_tls, authz) => {
+            Err(
+                [verifier.err(), grpc_tls.err(), http_tls.err(), authz.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            )
+        }
     }
 }
 
@@ -76,7 +85,9 @@ pub(crate) struct Reloader {
     pub(crate) metrics: Arc<Metrics>,
     /// One reload at a time, so two cannot interleave their swaps.
     pub(crate) running: Mutex<()>,
-    // When `[authz]` exists, its client is built in `load_material` and swapped here too.
+    /// `[authz]`: a changed url, mode or timeout applies to the next request, and clears
+    /// the cached answers.
+    pub(crate) authz: Authorizer,
 }
 
 impl Reloader {
@@ -87,7 +98,9 @@ impl Reloader {
         match &result {
             Ok(()) => {
                 self.metrics.config_reload("ok");
-                tracing::info!("configuration reloaded: TLS certificates, JWT key, publishers");
+                tracing::info!(
+                    "configuration reloaded: TLS certificates, JWT key, publishers, authz"
+                );
             }
             Err(e) => {
                 self.metrics.config_reload("error");
@@ -130,6 +143,7 @@ impl Reloader {
             live.store(tls);
         }
         self.publishers.store(config.publishers);
+        self.authz.install(material.authz);
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ import {
   adminToken,
   artifactsDir,
   cleanupPki,
+  control,
   DEMO_DIST,
   demoContext,
   demoState,
@@ -452,6 +453,63 @@ describe('token expiry', () => {
       assert.equal(s.state.connects, 2);
       await page.locator('[data-kind=expired]').first().waitFor({ timeout: 2000 });
     } finally {
+      await context.close();
+    }
+  });
+});
+
+describe('live revocation (Control service)', () => {
+  it('Unsubscribe over gRPC: the page shows the channel denied with the reason, on the same connection', { timeout: 60000 }, async () => {
+    const sub = `control-user-${randomBytes(4).toString('hex')}`;
+    const { context } = await demoContext(chrome.browser, gw, { token: () => mintToken({ sub }) });
+    const ctl = control(gw);
+    try {
+      const page = await openDemo(context, gw, { panels: ['logs', 'metrics'] });
+      const before = await demoState(page);
+      const reason = 'removed from workspace demo';
+      assert.equal(await ctl.unsubscribe(sub, 'logs:demo:**', reason), 1);
+      const denied = page.getByTestId('denied-logs');
+      await denied.waitFor({ timeout: 10000 });
+      assert.match(await denied.innerText(), new RegExp(reason));
+      const s = await demoState(page);
+      assert.ok(s.denied.some((d) => d.channel === 'logs:demo:etl-1' && d.reason === reason), JSON.stringify(s.denied));
+      assert.ok(!s.state.channels.includes('logs:demo:etl-1'), JSON.stringify(s.state.channels));
+      assert.ok(s.state.channels.includes('metrics:demo'));
+      assert.equal(s.state.connectionId, before.state.connectionId, 'the same stream');
+      assert.equal(s.state.connects, 1);
+      const conns = await connectionsOf(sub);
+      assert.deepEqual(conns.map((c) => c.channels), [['metrics:demo']]);
+      assert.deepEqual(page.errors, []);
+    } finally {
+      ctl.close();
+      await context.close();
+    }
+  });
+
+  it('Disconnect over gRPC: the page shows revoked with the reason and does not reconnect with the same token', { timeout: 60000 }, async () => {
+    const sub = `revoked-user-${randomBytes(4).toString('hex')}`;
+    const token = mintToken({ sub });
+    const { context, stats } = await demoContext(chrome.browser, gw, { token: () => token });
+    const ctl = control(gw);
+    try {
+      const page = await openDemo(context, gw, { panels: ['logs'] });
+      assert.equal(await ctl.disconnect(sub, 'signed out by an administrator'), 1);
+      await waitFor(() => page.evaluate(() => document.querySelector('[data-testid=status]')?.dataset.status === 'revoked'), 'status revoked', 10000);
+      await page.locator('[data-kind=revoked]').first().waitFor({ timeout: 5000 });
+      assert.match(await page.locator('[data-kind=revoked]').first().innerText(), /signed out by an administrator/);
+      const s = await demoState(page);
+      assert.deepEqual(s.revoked, ['signed out by an administrator']);
+      assert.equal(s.state.revoked.reason, 'signed out by an administrator');
+      // The provider was asked again and gave the same token. The client decides in the same
+      // task that receives the token, so a later look sees the decision: no new stream.
+      await waitFor(async () => (await demoState(page)).tokensReceived >= 2, 'the token provider asked after revoked', 5000);
+      const after = await demoState(page);
+      assert.equal(after.state.status, 'revoked');
+      assert.equal(stats.sseRequests.length, 1, `SSE requests: ${stats.sseRequests.join(' ')}`);
+      assert.deepEqual(await connectionsOf(sub), []);
+      assert.deepEqual(page.errors, []);
+    } finally {
+      ctl.close();
       await context.close();
     }
   });

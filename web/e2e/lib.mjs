@@ -110,6 +110,7 @@ channels = ["workflow:**"]
 [[publishers]]
 name = "analytics-service"
 channels = ["metrics:**", "dashboards:**"]
+control = true
 `,
   );
   return file;
@@ -247,27 +248,48 @@ export function redisCommand(...args) {
 
 // ---- publishing over mTLS gRPC --------------------------------------------------------------
 
-let PublisherCtor = null;
-function publisherCtor() {
-  if (PublisherCtor) return PublisherCtor;
-  const def = protoLoader.loadSync(join(REPO, 'proto', 'ssegateway', 'v1', 'gateway.proto'), {
-    keepCase: true,
-    longs: String,
-    defaults: true,
-    includeDirs: [join(REPO, 'proto')],
-  });
-  PublisherCtor = grpc.loadPackageDefinition(def).ssegateway.v1.Publisher;
-  return PublisherCtor;
+let grpcPackage = null;
+function serviceCtor(name) {
+  if (!grpcPackage) {
+    const def = protoLoader.loadSync(join(REPO, 'proto', 'ssegateway', 'v1', 'gateway.proto'), {
+      keepCase: true,
+      longs: String,
+      defaults: true,
+      includeDirs: [join(REPO, 'proto')],
+    });
+    grpcPackage = grpc.loadPackageDefinition(def).ssegateway.v1;
+  }
+  return grpcPackage[name];
 }
 
-export function publisher(gw, service = 'l5-etl-service') {
+function serviceCredentials(service) {
   const certs = pki();
-  const creds = grpc.credentials.createSsl(
+  return grpc.credentials.createSsl(
     readFileSync(join(certs, 'ca.pem')),
     readFileSync(join(certs, `${service}-key.pem`)),
     readFileSync(join(certs, `${service}.pem`)),
   );
-  const Ctor = publisherCtor();
+}
+
+/** A `Control` client (analytics-service has `control = true` in the test config). */
+export function control(gw, service = 'analytics-service') {
+  const Ctor = serviceCtor('Control');
+  const client = new Ctor(`localhost:${gw.grpcPort}`, serviceCredentials(service));
+  const call = (method, req) =>
+    new Promise((resolve, reject) => {
+      client[method](req, { deadline: Date.now() + 5000 }, (err, res) => (err ? reject(err) : resolve(res.streams)));
+    });
+  return {
+    /** Resolves to the streams affected on the gateway. */
+    disconnect: (user_id, reason = '', revoke_tokens = false) => call('Disconnect', { user_id, reason, revoke_tokens }),
+    unsubscribe: (user_id, pattern, reason = '') => call('Unsubscribe', { user_id, pattern, reason }),
+    close: () => client.close(),
+  };
+}
+
+export function publisher(gw, service = 'l5-etl-service') {
+  const creds = serviceCredentials(service);
+  const Ctor = serviceCtor('Publisher');
   const client = new Ctor(`localhost:${gw.grpcPort}`, creds);
   return {
     /** Publishes one event; resolves to its cursor. */
@@ -387,7 +409,9 @@ export function demoState(page) {
       gaps: d.gaps,
       denied: d.denied,
       expired: d.expired,
+      revoked: d.revoked,
       tokenFetches: d.tokenFetches,
+      tokensReceived: d.tokensReceived,
     };
   });
 }

@@ -36,6 +36,7 @@ const INITIAL_STATE: SSEState = {
   channels: [],
   denied: [],
   error: null,
+  revoked: null,
   attempt: 0,
   connects: 0,
   tabs: 1,
@@ -167,7 +168,7 @@ export class SSEClient {
     this.persistence?.changed();
   }
 
-  /** Client-wide events: `message`, `gap`, `denied`, `expired`, `ready`, `subscriptions`, `state`, `reset`, `connection`. */
+  /** Client-wide events: `message`, `gap`, `denied`, `expired`, `revoked`, `ready`, `subscriptions`, `state`, `reset`, `connection`. */
   on<K extends keyof ClientEvents>(event: K, listener: (value: ClientEvents[K]) => void): () => void {
     return this.emitter.on(event, listener);
   }
@@ -362,6 +363,11 @@ export class SSEClient {
           this.emitter.emit('expired', { at });
           this.tabs?.relay({ k: 'expired', at });
         },
+        onRevoked: (reason) => {
+          const info = { reason, at: Date.now() };
+          this.emitter.emit('revoked', info);
+          this.tabs?.relay({ k: 'revoked', info });
+        },
         onSubscriptions: (info) => {
           // In stream order: what follows this event is complete for the channels it lists.
           this.journal.coverOnly(info.channels);
@@ -516,6 +522,9 @@ export class SSEClient {
         break;
       case 'expired':
         this.emitter.emit('expired', { at: r.at });
+        break;
+      case 'revoked':
+        this.emitter.emit('revoked', r.info);
         break;
       case 'ready':
         if (!this.catchingUp) this.adoptCursor(r.info?.cursor);

@@ -48,6 +48,8 @@ export interface ConnectionHooks {
   /** Newly refused channels (gateway denial, or malformed names). */
   onDenied(denied: DeniedChannel[]): void;
   onExpired(): void;
+  /** The gateway closed the stream with `event: revoked`. */
+  onRevoked(reason: string): void;
   /** The stream's `subscriptions` event (its channel set changed, in stream order). */
   onSubscriptions(info: SubscriptionsInfo): void;
   /** These channels are about to leave the stream. */
@@ -199,6 +201,8 @@ export class Connection {
         return 'reconnecting';
       case 'stopped':
         return 'closed';
+      case 'revoked':
+        return 'revoked';
       default:
         return this.resumed ? 'reconnecting' : 'connecting';
     }
@@ -284,6 +288,21 @@ export class Connection {
         else this.waitAndRetry('token expired');
       }),
     );
+    es.addEventListener(
+      'revoked',
+      ours((e) => {
+        const info = parse<{ reason?: unknown }>(e.data) ?? {};
+        const reason = typeof info.reason === 'string' && info.reason ? info.reason : 'revoked';
+        // Closed before the stream's end reaches the EventSource, which would reconnect by itself.
+        this.closeEventSource();
+        const revokedToken = this.token;
+        this.tokenStale = true;
+        this.tokenReason = 'revoked';
+        const phase = this.transition('revoked', { error: `revoked: ${reason}`, revoked: { reason, at: Date.now() } });
+        this.hooks.onRevoked(reason);
+        void this.afterRevoked(phase, revokedToken);
+      }),
+    );
     es.onmessage = ours((e: MessageEvent) => {
       const msg = parse<SSEMessage>(e.data);
       if (!msg || typeof msg.channel !== 'string') return;
@@ -330,6 +349,7 @@ export class Connection {
       denied: this.denials.list(),
       attempt: 0,
       error: null,
+      revoked: null,
     });
     this.hooks.onReady({ connection_id: info.connection_id, cursor, channels, denied }, sent);
     if (fresh.length) this.hooks.onDenied(fresh);
@@ -383,6 +403,26 @@ export class Connection {
     } else {
       this.waitAndRetry(status ? `${status}: ${msg}` : 'connection failed');
     }
+  }
+
+  /**
+   * After `revoked`: asks the token provider once (reason `revoked`). Only a different token
+   * opens a new stream; the same one (or none) leaves the connection revoked until `reconnect()`.
+   */
+  private async afterRevoked(phase: Phase, revokedToken: string | null): Promise<void> {
+    let token: string;
+    try {
+      token = await this.ensureToken();
+    } catch (err) {
+      this.cfg.log('sse: revoked; no new token:', errMessage(err));
+      return;
+    }
+    if (this.phase !== phase) return;
+    if (token === revokedToken) {
+      this.cfg.log('sse: revoked; the token provider returned the same token: not reconnecting');
+      return;
+    }
+    void this.connect();
   }
 
   private waitAndRetry(error: string, minDelay = 0, countAttempt = true): void {

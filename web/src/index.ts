@@ -21,6 +21,7 @@ export type {
   GapInfo,
   MessageHandler,
   ReadyInfo,
+  RevokedInfo,
   SSEClientOptions,
   SSEMessage,
   SSEState,

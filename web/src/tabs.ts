@@ -32,6 +32,7 @@ export type Relay =
   | { k: 'gap'; gap: GapInfo }
   | { k: 'denied'; denied: DeniedChannel[] }
   | { k: 'expired'; at: number }
+  | { k: 'revoked'; info: ClientEvents['revoked'] }
   | { k: 'ready'; info: ClientEvents['ready'] }
   | { k: 'subscriptions'; info: ClientEvents['subscriptions'] };
 

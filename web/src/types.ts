@@ -23,9 +23,21 @@ export interface SSEMessage<T = unknown> {
  * - `connecting`: first connection in progress.
  * - `open`: the stream is up (the gateway sent `ready`).
  * - `reconnecting`: the stream dropped (or the token expired); a new one is being opened.
+ * - `revoked`: the gateway closed the stream on purpose (`event: revoked`, e.g. the user signed out
+ *   or was removed): `SSEState.revoked` says why. The client does not reconnect with the same
+ *   token: it asks the token provider once (reason `revoked`) and reconnects only with a
+ *   different token, or when the app calls `reconnect()`.
  * - `closed`: `close()` was called.
  */
-export type ConnectionStatus = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+export type ConnectionStatus = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'revoked' | 'closed';
+
+/** Why the gateway closed the stream (`event: revoked`). */
+export interface RevokedInfo {
+  /** The reason the app gave the gateway, for display. */
+  reason: string;
+  /** Local time (ms) it arrived. */
+  at: number;
+}
 
 /**
  * How this tab takes part in the one-connection-per-browser scheme.
@@ -103,6 +115,8 @@ export interface SSEState {
   denied: DeniedChannel[];
   /** Last error worth showing, or null. */
   error: string | null;
+  /** Set when the gateway revoked the stream (status `revoked`); null again once a stream opens. */
+  revoked: RevokedInfo | null;
   /** Consecutive failed attempts since the last successful `ready`. */
   attempt: number;
   /** How many EventSource objects this tab has opened (for diagnostics and tests). */
@@ -118,8 +132,9 @@ export interface SSEState {
  * - `connecting`: the EventSource is open, waiting for `ready`. - `open`: `ready` arrived.
  * - `diagnosing`: the EventSource failed before `ready`; asking the gateway why (status code).
  * - `waiting`: backing off before the next attempt. - `stopped`: `stop()` was called.
+ * - `revoked`: the gateway revoked the stream; no attempt until a different token or `reconnect()`.
  */
-export type ConnectionState = 'idle' | 'authorizing' | 'connecting' | 'open' | 'diagnosing' | 'waiting' | 'stopped';
+export type ConnectionState = 'idle' | 'authorizing' | 'connecting' | 'open' | 'diagnosing' | 'waiting' | 'revoked' | 'stopped';
 
 export interface ConnectionTransition {
   newState: ConnectionState;
@@ -142,7 +157,9 @@ export interface PageEventsLike {
   removeEventListener(type: string, listener: (e: Event) => void): void;
 }
 
-export type TokenReason = 'initial' | 'expired' | 'unauthorized';
+/** Why the token provider is asked: `revoked` after the gateway revoked the stream (a provider
+ * that returns the same token keeps the client from reconnecting). */
+export type TokenReason = 'initial' | 'expired' | 'unauthorized' | 'revoked';
 
 /** Returns the app's current JWT. Called again with `expired` / `unauthorized` when a fresh one is needed. */
 export type TokenProvider = (ctx: { reason: TokenReason }) => string | Promise<string>;
@@ -252,6 +269,8 @@ export interface ClientEvents {
   gap: GapInfo;
   denied: DeniedChannel[];
   expired: { at: number };
+  /** The gateway closed the stream with `event: revoked`. */
+  revoked: RevokedInfo;
   ready: ReadyInfo;
   subscriptions: SubscriptionsInfo;
   state: SSEState;

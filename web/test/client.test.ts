@@ -443,6 +443,74 @@ describe('SSEClient: gap, expiry, denial', () => {
     expect(gw.callsTo('/api/sse/subscriptions')[0]!.headers.authorization).toBe('Bearer tok-2');
   });
 
+  it('on revoked: surfaces the reason and does not reconnect with the same token', async () => {
+    const reasons: string[] = [];
+    const c = client({
+      getToken: ({ reason }: { reason: string }) => {
+        reasons.push(reason);
+        return 'tok-1';
+      },
+    });
+    const revoked: { reason: string; at: number }[] = [];
+    c.on('revoked', (r) => revoked.push(r));
+    c.subscribe('logs:demo:etl-1', () => {});
+    const es = await connected(c);
+    es.emit('revoked', { reason: 'signed out elsewhere' });
+    expect(es.closed).toBe(true);
+    expect(revoked.map((r) => r.reason)).toEqual(['signed out elsewhere']);
+    expect(c.getState().status).toBe('revoked');
+    expect(c.getState().revoked?.reason).toBe('signed out elsewhere');
+    expect(c.getState().error).toBe('revoked: signed out elsewhere');
+    await until(() => reasons.length === 2, 'the provider is asked once');
+    expect(reasons).toEqual(['initial', 'revoked']);
+    // Same token: no new stream, however long we wait.
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    expect(c.getState().status).toBe('revoked');
+    // The app decides: an explicit reconnect opens a stream again, and `revoked` clears once open.
+    c.reconnect();
+    await until(() => FakeEventSource.instances.length === 2, 'explicit reconnect');
+    gw.accept(FakeEventSource.latest(), 'conn-2');
+    await until(() => c.getState().status === 'open', 'open again');
+    expect(c.getState().revoked).toBeNull();
+    expect(c.getState().error).toBeNull();
+  });
+
+  it('on revoked: a different token from the provider opens a new stream with it', async () => {
+    let n = 1;
+    const c = client({ getToken: () => `tok-${n}` });
+    c.subscribe('logs:demo:etl-1', () => {});
+    const es = await connected(c);
+    es.message('logs:demo:etl-1', 'c-3');
+    n = 2;
+    es.emit('revoked', '{}');
+    expect(c.getState().revoked?.reason).toBe('revoked');
+    await until(() => FakeEventSource.instances.length === 2, 'reconnect with the new token');
+    expect(gw.callsTo('/api/sse/session').map((s) => s.headers.authorization)).toEqual(['Bearer tok-1', 'Bearer tok-2']);
+    expect(FakeEventSource.latest().lastEventIdParam).toBe('c-3');
+  });
+
+  it('a channel the gateway removed (subscriptions event) shows as denied with its reason and is not asked for again', async () => {
+    const c = client();
+    const denied: DeniedChannel[][] = [];
+    const mine: DeniedChannel[][] = [];
+    c.on('denied', (d) => denied.push(d));
+    c.subscribe('logs:demo:etl-1', () => {}, { onDenied: (d) => mine.push(d) });
+    c.subscribe('metrics:demo', () => {});
+    const es = await connected(c);
+    es.emit('subscriptions', {
+      channels: ['metrics:demo'],
+      denied: [{ channel: 'logs:demo:etl-1', reason: 'removed from workspace demo' }],
+    });
+    const removal = [{ channel: 'logs:demo:etl-1', reason: 'removed from workspace demo', source: 'server' }];
+    expect(denied).toEqual([removal]);
+    expect(mine).toEqual([removal]);
+    expect(c.getState().channels).toEqual(['metrics:demo']);
+    expect(c.getState().denied).toEqual(removal);
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(gw.callsTo('/api/sse/subscriptions')).toHaveLength(0);
+  });
+
   it('refreshes a token the session endpoint rejects (401) through the provider', async () => {
     gw.validTokens = new Set(['good']);
     const reasons: string[] = [];

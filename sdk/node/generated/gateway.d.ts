@@ -3,11 +3,15 @@ import type * as grpc from '@grpc/grpc-js';
 import type { MessageTypeDefinition } from '@grpc/proto-loader';
 
 import type { Audience as _ssegateway_v1_Audience, Audience__Output as _ssegateway_v1_Audience__Output } from './ssegateway/v1/Audience';
+import type { ControlClient as _ssegateway_v1_ControlClient, ControlDefinition as _ssegateway_v1_ControlDefinition } from './ssegateway/v1/Control';
+import type { ControlResponse as _ssegateway_v1_ControlResponse, ControlResponse__Output as _ssegateway_v1_ControlResponse__Output } from './ssegateway/v1/ControlResponse';
+import type { DisconnectRequest as _ssegateway_v1_DisconnectRequest, DisconnectRequest__Output as _ssegateway_v1_DisconnectRequest__Output } from './ssegateway/v1/DisconnectRequest';
 import type { PublishBatchRequest as _ssegateway_v1_PublishBatchRequest, PublishBatchRequest__Output as _ssegateway_v1_PublishBatchRequest__Output } from './ssegateway/v1/PublishBatchRequest';
 import type { PublishBatchResponse as _ssegateway_v1_PublishBatchResponse, PublishBatchResponse__Output as _ssegateway_v1_PublishBatchResponse__Output } from './ssegateway/v1/PublishBatchResponse';
 import type { PublishRequest as _ssegateway_v1_PublishRequest, PublishRequest__Output as _ssegateway_v1_PublishRequest__Output } from './ssegateway/v1/PublishRequest';
 import type { PublishResponse as _ssegateway_v1_PublishResponse, PublishResponse__Output as _ssegateway_v1_PublishResponse__Output } from './ssegateway/v1/PublishResponse';
 import type { PublisherClient as _ssegateway_v1_PublisherClient, PublisherDefinition as _ssegateway_v1_PublisherDefinition } from './ssegateway/v1/Publisher';
+import type { UnsubscribeRequest as _ssegateway_v1_UnsubscribeRequest, UnsubscribeRequest__Output as _ssegateway_v1_UnsubscribeRequest__Output } from './ssegateway/v1/UnsubscribeRequest';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
   new(...args: ConstructorParameters<Constructor>): Subtype;
@@ -17,6 +21,14 @@ export interface ProtoGrpcType {
   ssegateway: {
     v1: {
       Audience: MessageTypeDefinition<_ssegateway_v1_Audience, _ssegateway_v1_Audience__Output>
+      /**
+       * Acts on subscribers' open streams, on every gateway node: the app's answer to
+       * "this user was signed out / removed from that workspace". Every call requires
+       * a client certificate whose `[[publishers]]` entry has `control = true`.
+       */
+      Control: SubtypeConstructor<typeof grpc.Client, _ssegateway_v1_ControlClient> & { service: _ssegateway_v1_ControlDefinition }
+      ControlResponse: MessageTypeDefinition<_ssegateway_v1_ControlResponse, _ssegateway_v1_ControlResponse__Output>
+      DisconnectRequest: MessageTypeDefinition<_ssegateway_v1_DisconnectRequest, _ssegateway_v1_DisconnectRequest__Output>
       PublishBatchRequest: MessageTypeDefinition<_ssegateway_v1_PublishBatchRequest, _ssegateway_v1_PublishBatchRequest__Output>
       PublishBatchResponse: MessageTypeDefinition<_ssegateway_v1_PublishBatchResponse, _ssegateway_v1_PublishBatchResponse__Output>
       PublishRequest: MessageTypeDefinition<_ssegateway_v1_PublishRequest, _ssegateway_v1_PublishRequest__Output>
@@ -26,6 +38,7 @@ export interface ProtoGrpcType {
        * name has a `[[publishers]]` entry permitting the channel.
        */
       Publisher: SubtypeConstructor<typeof grpc.Client, _ssegateway_v1_PublisherClient> & { service: _ssegateway_v1_PublisherDefinition }
+      UnsubscribeRequest: MessageTypeDefinition<_ssegateway_v1_UnsubscribeRequest, _ssegateway_v1_UnsubscribeRequest__Output>
     }
   }
 }

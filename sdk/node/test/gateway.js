@@ -33,6 +33,7 @@ channels = ["logs:**", "metrics:*"]
 [[publishers]]
 name = "analytics-service"
 channels = ["metrics:*", "dashboards:*"]
+control = true
 
 [[publishers]]
 name = "faas-service"

@@ -16,7 +16,10 @@ interface DemoHooks {
   gaps: GapInfo[];
   denied: DeniedChannel[];
   expired: number[];
+  revoked: string[];
   tokenFetches: number;
+  /** Tokens the provider handed to the client (fetches that succeeded). */
+  tokensReceived: number;
 }
 
 const hooks: DemoHooks = {
@@ -25,7 +28,9 @@ const hooks: DemoHooks = {
   gaps: [],
   denied: [],
   expired: [],
+  revoked: [],
   tokenFetches: 0,
+  tokensReceived: 0,
 };
 
 /** The token provider: the demo gateway mints a short-lived token at /demo/token. */
@@ -35,6 +40,7 @@ async function fetchToken(): Promise<string> {
   if (!res.ok) throw new Error(`GET /demo/token: ${res.status}`);
   const body = (await res.json()) as { token?: string };
   if (!body.token) throw new Error('GET /demo/token: no token');
+  hooks.tokensReceived++;
   return body.token;
 }
 
@@ -53,6 +59,7 @@ client.on('message', (m) => {
 client.on('gap', (g) => hooks.gaps.push(g));
 client.on('denied', (d) => hooks.denied.push(...d));
 client.on('expired', (e) => hooks.expired.push(e.at));
+client.on('revoked', (r) => hooks.revoked.push(r.reason));
 (window as unknown as { __sseDemo: DemoHooks }).__sseDemo = hooks;
 
 // ---- small pieces -----------------------------------------------------------------------------
@@ -321,7 +328,7 @@ function StatusLine() {
 
 interface Notice {
   key: number;
-  kind: 'gap' | 'denied' | 'expired';
+  kind: 'gap' | 'denied' | 'expired' | 'revoked';
   text: string;
   at: number;
 }
@@ -336,6 +343,7 @@ function Notices() {
       client.on('gap', (g) => push('gap', `Gap on ${g.channels.join(', ') || 'the stream'}: events may have been missed (e.g. the gateway restarted) — the panels re-fetch their state.`)),
       client.on('denied', (d) => push('denied', `Denied: ${d.map((x) => `${x.channel} (${x.reason})`).join(', ')}`)),
       client.on('expired', () => push('expired', 'Token expired: fetched a fresh one and resumed from the last event.')),
+      client.on('revoked', (r) => push('revoked', `Disconnected by the application: ${r.reason}`)),
     ];
     return () => offs.forEach((off) => off());
   }, [client]);

@@ -1,6 +1,6 @@
 // Compiled (never run) by test/typecheck.test.js: the published .d.ts must type real usage.
-import { Publisher, PublishError, ConfigError, loadGrpcPackage, DISABLED } from '@sse-gateway/publisher';
-import type { PublishResult, BatchResult, PublishRequest, PublishResponse__Output, ResultCode } from '@sse-gateway/publisher';
+import { Publisher, PublishError, ConfigError, Control, ControlError, loadGrpcPackage, DISABLED } from '@sse-gateway/publisher';
+import type { PublishResult, BatchResult, PublishRequest, PublishResponse__Output, ResultCode, ControlResult, ControlResponse__Output } from '@sse-gateway/publisher';
 
 async function main(): Promise<void> {
   const pub = new Publisher({ addr: 'localhost:50051', ca: 'certs/ca.pem', cert: 'c.pem', key: 'k.pem', timeoutMs: 2000 });
@@ -40,7 +40,22 @@ async function main(): Promise<void> {
   const Client = pkg.ssegateway.v1.Publisher;
   console.log(typeof Client.service.Publish.path);
   await pub.close();
+  // Control: the same options.
+  const control = new Control({ addr: 'localhost:50051', cert: 'c.pem', key: 'k.pem', strict: true });
+  const c: ControlResult = await control.disconnect('u42', { reason: 'signed out', revokeTokens: true });
+  const u = await control.unsubscribe('u42', 'logs:ws1:**', { reason: 'removed', timeoutMs: 1000 });
+  console.log(c.streams + u.streams, c.code === DISABLED);
+  control.client.disconnect({ userId: 'u42' }, (err, res?: ControlResponse__Output) => console.log(err, res?.streams));
+  try {
+    await control.unsubscribe('u42', 'logs:**');
+  } catch (e) {
+    if (e instanceof ControlError) console.log(e.code, e.details);
+  }
+  await control.close();
 }
+
+// @ts-expect-error - revokeTokens is a boolean
+new Control().disconnect('u', { revokeTokens: 'yes' });
 
 // @ts-expect-error - a channel must be a string
 new Publisher().publish(1, {});

@@ -1,4 +1,4 @@
-"""Publisher SDK for sse-gateway.
+"""Publisher (and Control) SDK for sse-gateway.
 
     from sse_gateway_sdk import Publisher
 
@@ -6,6 +6,10 @@
     pub.publish_log("ws1", "wf1", {"step": "extract", "rows": 1200})
     pub.publish_metric("ws1", {"cpu": 0.42})
     pub.publish("dashboards:sales", {"total": 10}, event="update")
+
+    from sse_gateway_sdk import Control
+
+    Control().unsubscribe("u42", "logs:ws1:**", reason="removed from workspace ws1")
 
 The generated messages and stub are in :mod:`sse_gateway_sdk.v1`.
 """
@@ -23,12 +27,16 @@ from ._publisher import (
     PublishResult,
     Publisher,
 )
+from ._control import Control, ControlError, ControlResult
 from . import v1
 
 __all__ = [
     "AsyncPublisher",
     "BatchResult",
     "ConfigError",
+    "Control",
+    "ControlError",
+    "ControlResult",
     "DEFAULT_ADDR",
     "DEFAULT_TIMEOUT",
     "DISABLED",

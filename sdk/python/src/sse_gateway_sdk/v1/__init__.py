@@ -4,20 +4,27 @@
 from . import gateway_pb2, gateway_pb2_grpc
 from .gateway_pb2 import (
     Audience,
+    ControlResponse,
+    DisconnectRequest,
     PublishBatchRequest,
     PublishBatchResponse,
     PublishRequest,
     PublishResponse,
+    UnsubscribeRequest,
 )
-from .gateway_pb2_grpc import PublisherStub
+from .gateway_pb2_grpc import ControlStub, PublisherStub
 
 __all__ = [
     "Audience",
+    "ControlResponse",
+    "ControlStub",
+    "DisconnectRequest",
     "PublishBatchRequest",
     "PublishBatchResponse",
     "PublishRequest",
     "PublishResponse",
     "PublisherStub",
+    "UnsubscribeRequest",
     "gateway_pb2",
     "gateway_pb2_grpc",
 ]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bssegateway/v1/gateway.proto\x12\rssegateway.v1\"\x82\x01\n\x0ePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12)\n\x08\x61udience\x18\x05 \x01(\x0b\x32\x17.ssegateway.v1.Audience\"+\n\x08\x41udience\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\r\n\x05roles\x18\x02 \x03(\t\"C\n\x0fPublishResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\r\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"D\n\x13PublishBatchRequest\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.ssegateway.v1.PublishRequest\"G\n\x14PublishBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.ssegateway.v1.PublishResponse2\x82\x02\n\tPublisher\x12H\n\x07Publish\x12\x1d.ssegateway.v1.PublishRequest\x1a\x1e.ssegateway.v1.PublishResponse\x12W\n\x0cPublishBatch\x12\".ssegateway.v1.PublishBatchRequest\x1a#.ssegateway.v1.PublishBatchResponse\x12R\n\rPublishStream\x12\x1d.ssegateway.v1.PublishRequest\x1a\x1e.ssegateway.v1.PublishResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bssegateway/v1/gateway.proto\x12\rssegateway.v1\"\x82\x01\n\x0ePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12)\n\x08\x61udience\x18\x05 \x01(\x0b\x32\x17.ssegateway.v1.Audience\"+\n\x08\x41udience\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\r\n\x05roles\x18\x02 \x03(\t\"C\n\x0fPublishResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\r\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"D\n\x13PublishBatchRequest\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.ssegateway.v1.PublishRequest\"G\n\x14PublishBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.ssegateway.v1.PublishResponse\"K\n\x11\x44isconnectRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rrevoke_tokens\x18\x03 \x01(\x08\"F\n\x12UnsubscribeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07pattern\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\"\n\x0f\x43ontrolResponse\x12\x0f\n\x07streams\x18\x01 \x01(\r2\x82\x02\n\tPublisher\x12H\n\x07Publish\x12\x1d.ssegateway.v1.PublishRequest\x1a\x1e.ssegateway.v1.PublishResponse\x12W\n\x0cPublishBatch\x12\".ssegateway.v1.PublishBatchRequest\x1a#.ssegateway.v1.PublishBatchResponse\x12R\n\rPublishStream\x12\x1d.ssegateway.v1.PublishRequest\x1a\x1e.ssegateway.v1.PublishResponse(\x01\x30\x01\x32\xab\x01\n\x07\x43ontrol\x12N\n\nDisconnect\x12 .ssegateway.v1.DisconnectRequest\x1a\x1e.ssegateway.v1.ControlResponse\x12P\n\x0bUnsubscribe\x12!.ssegateway.v1.UnsubscribeRequest\x1a\x1e.ssegateway.v1.ControlResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHBATCHREQUEST']._serialized_end=361
   _globals['_PUBLISHBATCHRESPONSE']._serialized_start=363
   _globals['_PUBLISHBATCHRESPONSE']._serialized_end=434
-  _globals['_PUBLISHER']._serialized_start=437
-  _globals['_PUBLISHER']._serialized_end=695
+  _globals['_DISCONNECTREQUEST']._serialized_start=436
+  _globals['_DISCONNECTREQUEST']._serialized_end=511
+  _globals['_UNSUBSCRIBEREQUEST']._serialized_start=513
+  _globals['_UNSUBSCRIBEREQUEST']._serialized_end=583
+  _globals['_CONTROLRESPONSE']._serialized_start=585
+  _globals['_CONTROLRESPONSE']._serialized_end=619
+  _globals['_PUBLISHER']._serialized_start=622
+  _globals['_PUBLISHER']._serialized_end=880
+  _globals['_CONTROL']._serialized_start=883
+  _globals['_CONTROL']._serialized_end=1054
 # @@protoc_insertion_point(module_scope)

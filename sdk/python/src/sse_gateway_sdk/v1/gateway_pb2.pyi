@@ -49,3 +49,29 @@ class PublishBatchResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[PublishResponse]
     def __init__(self, results: _Optional[_Iterable[_Union[PublishResponse, _Mapping]]] = ...) -> None: ...
+
+class DisconnectRequest(_message.Message):
+    __slots__ = ("user_id", "reason", "revoke_tokens")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    reason: str
+    revoke_tokens: bool
+    def __init__(self, user_id: _Optional[str] = ..., reason: _Optional[str] = ..., revoke_tokens: _Optional[bool] = ...) -> None: ...
+
+class UnsubscribeRequest(_message.Message):
+    __slots__ = ("user_id", "pattern", "reason")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    pattern: str
+    reason: str
+    def __init__(self, user_id: _Optional[str] = ..., pattern: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ControlResponse(_message.Message):
+    __slots__ = ("streams",)
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    streams: int
+    def __init__(self, streams: _Optional[int] = ...) -> None: ...

@@ -191,3 +191,133 @@ class Publisher:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ControlStub:
+    """Acts on subscribers' open streams, on every gateway node: the app's answer to
+    "this user was signed out / removed from that workspace". Every call requires
+    a client certificate whose `[[publishers]]` entry has `control = true`.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Disconnect = channel.unary_unary(
+                '/ssegateway.v1.Control/Disconnect',
+                request_serializer=ssegateway_dot_v1_dot_gateway__pb2.DisconnectRequest.SerializeToString,
+                response_deserializer=ssegateway_dot_v1_dot_gateway__pb2.ControlResponse.FromString,
+                _registered_method=True)
+        self.Unsubscribe = channel.unary_unary(
+                '/ssegateway.v1.Control/Unsubscribe',
+                request_serializer=ssegateway_dot_v1_dot_gateway__pb2.UnsubscribeRequest.SerializeToString,
+                response_deserializer=ssegateway_dot_v1_dot_gateway__pb2.ControlResponse.FromString,
+                _registered_method=True)
+
+
+class ControlServicer:
+    """Acts on subscribers' open streams, on every gateway node: the app's answer to
+    "this user was signed out / removed from that workspace". Every call requires
+    a client certificate whose `[[publishers]]` entry has `control = true`.
+    """
+
+    def Disconnect(self, request, context):
+        """Closes each of the user's streams with `event: revoked` / `data: {"reason":"..."}`;
+        with `revoke_tokens`, the user's tokens issued before the call (by `iat`; a
+        token without `iat` counts as before) are refused with 401 until they expire.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unsubscribe(self, request, context):
+        """Removes the channels matching `pattern` from the user's open streams (each
+        gets `event: subscriptions` with its new list and the removed channels denied
+        with `reason`), and drops the user's cached authorizer answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ControlServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Disconnect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Disconnect,
+                    request_deserializer=ssegateway_dot_v1_dot_gateway__pb2.DisconnectRequest.FromString,
+                    response_serializer=ssegateway_dot_v1_dot_gateway__pb2.ControlResponse.SerializeToString,
+            ),
+            'Unsubscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unsubscribe,
+                    request_deserializer=ssegateway_dot_v1_dot_gateway__pb2.UnsubscribeRequest.FromString,
+                    response_serializer=ssegateway_dot_v1_dot_gateway__pb2.ControlResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ssegateway.v1.Control', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ssegateway.v1.Control', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Control:
+    """Acts on subscribers' open streams, on every gateway node: the app's answer to
+    "this user was signed out / removed from that workspace". Every call requires
+    a client certificate whose `[[publishers]]` entry has `control = true`.
+    """
+
+    @staticmethod
+    def Disconnect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ssegateway.v1.Control/Disconnect',
+            ssegateway_dot_v1_dot_gateway__pb2.DisconnectRequest.SerializeToString,
+            ssegateway_dot_v1_dot_gateway__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unsubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ssegateway.v1.Control/Unsubscribe',
+            ssegateway_dot_v1_dot_gateway__pb2.UnsubscribeRequest.SerializeToString,
+            ssegateway_dot_v1_dot_gateway__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
