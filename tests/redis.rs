@@ -573,6 +573,7 @@ async fn a_publish_answered_unavailable_is_never_appended_later() {
     let mut pubr = a.publisher("l5-etl-service").await;
     let before = publish(&mut pubr, req("logs:ws1", &json!({"n": "before"}))).await;
     let calls = script_calls(&redis).await;
+    let sent_before = redis_log(&a).append_calls();
 
     redis.stop();
     let mut failing = JoinSet::new();
@@ -589,10 +590,13 @@ async fn a_publish_answered_unavailable_is_never_appended_later() {
             .expect_err("a publish fails while Redis is frozen");
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
+    // Concurrent appends share a script: as many went out as the node counts, at least one.
+    let sent = redis_log(&a).append_calls() - sent_before;
+    assert!((1..=4).contains(&sent), "{sent} scripts for 4 publishes");
     redis.cont();
     // Redis runs the scripts that queued up while it was frozen (it must refuse them).
     let deadline = Instant::now() + WAIT;
-    while script_calls(&redis).await < calls + 4 {
+    while script_calls(&redis).await < calls + sent {
         assert!(Instant::now() < deadline, "the queued scripts ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -607,6 +611,222 @@ async fn a_publish_answered_unavailable_is_never_appended_later() {
         .open("/api/sse?channels=logs:ws1", &token, Some(&before.id))
         .await;
     assert_eq!(resumed.next_data(WAIT).await.id, after.id);
+}
+
+/// The Redis log of a node.
+fn redis_log(gw: &TestGateway) -> &sse_gateway::broker::RedisLog {
+    match &gw.gateway().state.broker {
+        sse_gateway::broker::Broker::Redis(log) => log,
+        sse_gateway::broker::Broker::Memory(_) => panic!("a Redis node"),
+    }
+}
+
+#[tokio::test]
+async fn appends_waiting_together_share_one_script_in_order() {
+    let redis = PrivateRedis::start().await;
+    // A timeout longer than the freeze: nothing here may fail.
+    let a = node(&redis.url(), &prefix("group"), "", |raw| {
+        raw.broker.timeout_ms = 20_000;
+    })
+    .await;
+    let log = redis_log(&a);
+    let mut pubr = a.publisher("l5-etl-service").await;
+    publish(&mut pubr, req("logs:ws1", &json!({"n": "warm"}))).await;
+    let sent_before = log.append_calls();
+
+    redis.stop();
+    // The first append goes out alone and hangs on the frozen Redis ...
+    let mut first_client = pubr.clone();
+    let first = tokio::spawn(async move {
+        first_client
+            .publish(req("logs:ws1", &json!({"n": "first"})))
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    let deadline = Instant::now() + WAIT;
+    while log.append_calls() < sent_before + 1 {
+        assert!(Instant::now() < deadline, "the first script was sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ... while six unary publishes (two with one idempotency key) and a batch queue up.
+    let mut waiting = JoinSet::new();
+    for n in 0..6 {
+        let mut client = pubr.clone();
+        waiting.spawn(async move {
+            let mut r = req("logs:ws1", &json!({"n": n}));
+            if n >= 4 {
+                r.idempotency_key = "same-key".into();
+            }
+            vec![client.publish(r).await.unwrap().into_inner()]
+        });
+    }
+    let mut batch_client = pubr.clone();
+    waiting.spawn(async move {
+        let events = (0..5).map(|i| req("logs:ws2", &json!({"b": i}))).collect();
+        batch_client
+            .publish_batch(PublishBatchRequest { events })
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+    });
+    while log.queued_appends() < 7 {
+        assert!(Instant::now() < deadline, "the appends queued up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    redis.cont();
+    let first = first.await.unwrap().unwrap();
+    let mut answers = Vec::new();
+    while let Some(r) = waiting.join_next().await {
+        answers.push(r.unwrap());
+    }
+    assert_eq!(
+        log.append_calls() - sent_before,
+        2,
+        "the first script, then one for everything that waited"
+    );
+
+    // The log: the first, then each call's events together and in its order.
+    let entries = log_entries(&redis).await;
+    let ids: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    let parse = sse_gateway::broker::RedisLog::parse_cursor;
+    // The index in the log of the entry a response names.
+    let cursor_of = |id: &str| {
+        ids.iter()
+            .position(|i| parse(i) == parse(id))
+            .unwrap_or_else(|| panic!("{id} is in the log"))
+    };
+    assert_eq!(entries[0].1, json!({"n": "warm"}));
+    assert_eq!(cursor_of(&first.id), 1);
+    assert_eq!(
+        entries.len(),
+        2 + 5 + 5,
+        "one of the same-key pair is a duplicate"
+    );
+    let batch = answers.iter().find(|a| a.len() == 5).unwrap();
+    let at = cursor_of(&batch[0].id);
+    for (i, r) in batch.iter().enumerate() {
+        assert_eq!(
+            cursor_of(&r.id),
+            at + i,
+            "the batch is contiguous and in order"
+        );
+        assert_eq!(entries[at + i].1, json!({"b": i}));
+    }
+    let same: Vec<_> = answers
+        .iter()
+        .filter(|a| a.len() == 1)
+        .map(|a| &a[0])
+        .filter(|r| entries[cursor_of(&r.id)].1["n"].as_u64() >= Some(4))
+        .collect();
+    assert_eq!(same.len(), 2);
+    assert_eq!(
+        same[0].id, same[1].id,
+        "a repeated key in one group is a duplicate"
+    );
+    assert_eq!(same.iter().filter(|r| r.duplicate).count(), 1);
+}
+
+/// Concurrent publishers on one node, each in its own way (unary one at a time, a stream,
+/// batches): the log holds every acknowledged event under its id, each publisher's in the
+/// order it sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_keep_their_order_on_redis() {
+    const UNARY: usize = 150;
+    const STREAM: usize = 2000;
+    const BATCHES: usize = 20;
+    let p = prefix("interleave");
+    let a = node(&redis_url(), &p, "", |raw| raw.broker.timeout_ms = 5000).await;
+    let mut tasks: JoinSet<(String, Vec<String>)> = JoinSet::new();
+    for u in 0..3 {
+        let mut client = a.publisher("l5-etl-service").await;
+        tasks.spawn(async move {
+            let src = format!("unary{u}");
+            let mut ids = Vec::new();
+            for i in 0..UNARY {
+                let r = req("logs:mix", &json!({"src": src, "i": i}));
+                ids.push(client.publish(r).await.unwrap().into_inner().id);
+            }
+            (src, ids)
+        });
+    }
+    let mut client = a.publisher("analytics-service").await;
+    tasks.spawn(async move {
+        let src = "stream".to_owned();
+        let requests: Vec<_> = (0..STREAM)
+            .map(|i| req("metrics:mix", &json!({"src": "stream", "i": i})))
+            .collect();
+        let mut inbound = client
+            .publish_stream(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ids = Vec::new();
+        while let Some(r) = inbound.message().await.unwrap() {
+            ids.push(r.id);
+        }
+        (src, ids)
+    });
+    let mut client = a.publisher("faas-service").await;
+    tasks.spawn(async move {
+        let src = "batch".to_owned();
+        let mut ids = Vec::new();
+        for b in 0..BATCHES {
+            let events = (0..50)
+                .map(|i| req("workflow:mix:1", &json!({"src": "batch", "i": b * 50 + i})))
+                .collect();
+            let resp = client
+                .publish_batch(PublishBatchRequest { events })
+                .await
+                .unwrap()
+                .into_inner();
+            ids.extend(resp.results.into_iter().map(|r| r.id));
+        }
+        (src, ids)
+    });
+    let mut acked = std::collections::HashMap::new();
+    let all = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = tasks.join_next().await {
+            let (src, ids) = r.unwrap();
+            acked.insert(src, ids);
+        }
+    });
+    all.await.expect("every publisher is answered");
+    let total: usize = acked.values().map(Vec::len).sum();
+    assert_eq!(total, 3 * UNARY + STREAM + BATCHES * 50);
+
+    let channels: HashSet<_> = ["logs:mix", "metrics:mix", "workflow:mix:1"]
+        .iter()
+        .map(|c| a.config.channel_types.parse_name(c).unwrap())
+        .collect();
+    let broker = &a.gateway().state.broker;
+    let mut after = sse_gateway::event::Position::default();
+    let mut next: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut seen = 0;
+    loop {
+        let page = broker.read_after(after, &channels, 1000).await.unwrap();
+        for ev in &page.events {
+            let text = std::str::from_utf8(&ev.frame).unwrap();
+            let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            let payload =
+                serde_json::from_str::<serde_json::Value>(data).unwrap()["payload"].clone();
+            let src = payload["src"].as_str().unwrap().to_owned();
+            let i = usize::try_from(payload["i"].as_u64().unwrap()).unwrap();
+            let n = next.entry(src.clone()).or_default();
+            assert_eq!(i, *n, "{src}: in the order sent");
+            assert_eq!(
+                acked[&src][i], ev.cursor,
+                "{src} {i}: acknowledged with its id"
+            );
+            *n += 1;
+            seen += 1;
+        }
+        after = page.last;
+        if page.done {
+            break;
+        }
+    }
+    assert_eq!(seen, total, "every acknowledged event is in the log");
 }
 
 /// Publishers `svc:x` and `svc` (both allowed on `logs:**`), with certificates of the test PKI.

@@ -1,8 +1,8 @@
 //! The Redis Streams event log, shared by several gateway nodes.
 //!
-//! Every node appends with one Lua script per batch (idempotency check + `XADD` + dedupe key,
-//! atomically and in order) and runs ONE tailing reader (`XREAD BLOCK`) that fans new entries
-//! out to its local hub. Cursors are the stream's ids, so any node resumes any cursor.
+//! Every node appends with one Lua script per group of appends (idempotency check + `XADD` +
+//! dedupe key, atomically and in order; the appends waiting at once share one script) and runs
+//! ONE tailing reader (`XREAD BLOCK`) that fans new entries out to its local hub. Cursors are the stream's ids, so any node resumes any cursor.
 //!
 //! When Redis is unreachable, publishes fail fast with `UNAVAILABLE`, and a request that reaches
 //! Redis after this node gave up on it is refused by Redis itself (see [`RedisClock`]), so a
@@ -13,13 +13,14 @@
 //! touches in `KEYS`, so a log lives in one Redis Cluster slot.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -279,6 +280,37 @@ fn reply_margin(timeout: Duration) -> Duration {
         .min(timeout / 2)
 }
 
+/// Appends waiting for the committer (see `RedisLog::commit`); past it, `append` waits for room
+/// (within its timeout).
+const APPEND_QUEUE: usize = 1024;
+
+/// Events one append script carries at most (a larger single job goes alone).
+const GROUP_EVENTS: usize = 1000;
+
+/// One event of an append, in the form the script takes.
+struct PreparedEvent {
+    /// The dedupe key of its idempotency key, if it has one.
+    dedupe_key: Option<String>,
+    channel: ChannelName,
+    event: String,
+    payload: String,
+    /// JSON of the audience ('' = none).
+    audience: String,
+    /// Accept time, ms.
+    ts: String,
+    /// Its channel's latest-event key and that key's ttl in ms, when the channel keeps one.
+    snapshot: Option<(String, u64)>,
+}
+
+/// One `append` call waiting for the committer.
+struct AppendJob {
+    events: Vec<PreparedEvent>,
+    /// When the caller answers `UNAVAILABLE` if it has no reply.
+    give_up: Instant,
+    /// Each event's (id, duplicate), in order.
+    reply: tokio::sync::oneshot::Sender<Result<Vec<(String, bool)>, GatewayError>>,
+}
+
 /// History reads in flight at once on one node (see `RedisLog::history_reads`).
 const HISTORY_READS: usize = 16;
 
@@ -300,6 +332,10 @@ pub struct RedisLog {
     /// (a node restart) would otherwise all time out on the shared connection, retry, and time
     /// out again; queued behind the permits, each read gets the connection's full attention.
     history_reads: tokio::sync::Semaphore,
+    /// The committer's queue (see [`RedisLog::commit`]).
+    jobs: mpsc::Sender<AppendJob>,
+    /// Append scripts sent.
+    append_calls: AtomicU64,
     script: redis::Script,
     head_script: redis::Script,
     trim_script: redis::Script,
@@ -322,6 +358,10 @@ fn unavailable(e: &redis::RedisError) -> GatewayError {
 
 fn too_slow() -> GatewayError {
     GatewayError::Unavailable("redis did not answer in time".into())
+}
+
+fn closing() -> GatewayError {
+    GatewayError::Unavailable("the event log is closing".into())
 }
 
 /// Renders a Redis id as a cursor, zero-padded so cursors also sort as strings.
@@ -388,6 +428,7 @@ impl RedisLog {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         // `{prefix}`: one hash tag for every key of this log, so they share a cluster slot.
         let tag = format!("{{{}}}", broker.key_prefix);
+        let (jobs, queued) = mpsc::channel(APPEND_QUEUE);
         let log = Arc::new(Self {
             client,
             conn,
@@ -397,6 +438,8 @@ impl RedisLog {
             snapshots,
             latest_cache: Mutex::new(HashMap::new()),
             history_reads: tokio::sync::Semaphore::new(HISTORY_READS),
+            jobs,
+            append_calls: AtomicU64::new(0),
             script: redis::Script::new(APPEND_SCRIPT),
             head_script: redis::Script::new(HEAD_SCRIPT),
             trim_script: redis::Script::new(TRIM_SCRIPT),
@@ -423,6 +466,7 @@ impl RedisLog {
             }
         };
         log.set_tail_at(start);
+        tasks.spawn(log.clone().commit(queued, shutdown.clone()));
         tasks.spawn(log.clone().tail(start, shutdown));
         Ok(log)
     }
@@ -496,6 +540,9 @@ impl RedisLog {
 
     /// See [`super::Broker::append`].
     ///
+    /// The events wait in a bounded queue for the committer, which appends everything waiting
+    /// (from any publisher and any call) with one script, in queue order (see [`RedisLog::commit`]).
+    ///
     /// # Errors
     /// [`GatewayError::Unavailable`] when Redis does not answer in time; Redis then refuses
     /// the request if it arrives later, so nothing of it is appended.
@@ -505,56 +552,202 @@ impl RedisLog {
         events: Vec<NewEvent>,
     ) -> Result<Vec<AppendOutcome>, GatewayError> {
         let give_up = Instant::now() + self.timeout;
-        let margin = reply_margin(self.timeout);
         let ts = now_ms().to_string();
+        let mut counts = Vec::with_capacity(events.len());
+        let mut prepared = Vec::with_capacity(events.len());
+        for ev in events {
+            counts.push(self.hub.subscriber_count(&ev.channel, ev.audience.as_ref()) as u32);
+            let snapshot = self.snapshots.snapshot_ttl(&ev.channel).map(|ttl| {
+                let key = format!("{}{}", self.snapshot_prefix, ev.channel.as_str());
+                (
+                    key,
+                    u64::try_from(ttl.as_millis().max(1)).unwrap_or(u64::MAX),
+                )
+            });
+            prepared.push(PreparedEvent {
+                dedupe_key: ev
+                    .idempotency_key
+                    .as_deref()
+                    .map(|k| dedupe_key(&self.dedupe_prefix, publisher, k)),
+                audience: ev
+                    .audience
+                    .as_ref()
+                    .and_then(|a| serde_json::to_string(a).ok())
+                    .unwrap_or_default(),
+                channel: ev.channel,
+                event: ev.event,
+                payload: ev.payload,
+                ts: ts.clone(),
+                snapshot,
+            });
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = AppendJob {
+            events: prepared,
+            give_up,
+            reply,
+        };
+        match tokio::time::timeout_at(give_up.into(), self.jobs.send(job)).await {
+            Err(_) => return Err(too_slow()),
+            Ok(Err(_)) => return Err(closing()),
+            Ok(Ok(())) => {}
+        }
+        // Giving up here is safe: the script that would append this job is refused by Redis
+        // once past the deadline it carries, which leaves the reply margin before `give_up`.
+        let ids = tokio::time::timeout_at(give_up.into(), answer)
+            .await
+            .map_err(|_| too_slow())?
+            .map_err(|_| closing())??;
+        Ok(ids
+            .into_iter()
+            .zip(counts)
+            .map(|((id, duplicate), count)| {
+                let cursor = parse_id(&id).map_or(id, cursor_of);
+                AppendOutcome {
+                    cursor,
+                    delivered: if duplicate { 0 } else { count },
+                    duplicate,
+                }
+            })
+            .collect())
+    }
+
+    /// The append committer: takes every job waiting (whole jobs, up to [`GROUP_EVENTS`] events
+    /// unless one job alone has more) and appends them with one script, one group at a time.
+    ///
+    /// One script per request serialised concurrent publishers on the round trip; grouped,
+    /// they share it. Order: jobs run in queue order, each job's events in its order, so a
+    /// publisher's order (which it fixes by waiting for one answer before the next request) is
+    /// the log's. The script runs the events of the group exactly as separate scripts would
+    /// have run one after the other (an idempotency key repeated within the group is a
+    /// duplicate of the first), and is atomic: a group is appended whole or not at all.
+    ///
+    /// Deadlines: a job whose caller has gone (it answered `UNAVAILABLE`, or its call was
+    /// cancelled) is dropped before sending; the group's script carries the deadline of its
+    /// earliest job, so Redis refuses all of it once any of its callers may have given up.
+    ///
+    /// After `shutdown`, it finishes the jobs already queued, then stops; later appends fail
+    /// `UNAVAILABLE` (the gateway takes no new publishes by then).
+    async fn commit(
+        self: Arc<Self>,
+        mut jobs: mpsc::Receiver<AppendJob>,
+        shutdown: CancellationToken,
+    ) {
+        let mut carry: Option<AppendJob> = None;
+        let mut group: Vec<AppendJob> = Vec::new();
+        loop {
+            let first = match carry.take() {
+                Some(job) => job,
+                None => tokio::select! {
+                    // Queued jobs first: a shutdown still answers them.
+                    biased;
+                    job = jobs.recv() => match job {
+                        Some(job) => job,
+                        None => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                },
+            };
+            let mut n = first.events.len();
+            group.push(first);
+            while n < GROUP_EVENTS {
+                let Ok(job) = jobs.try_recv() else { break };
+                if n + job.events.len() > GROUP_EVENTS {
+                    carry = Some(job);
+                    break;
+                }
+                n += job.events.len();
+                group.push(job);
+            }
+            self.commit_group(&mut group).await;
+            group.clear();
+        }
+    }
+
+    /// Appends the jobs of `group` with one script and answers each of them.
+    async fn commit_group(&self, group: &mut Vec<AppendJob>) {
+        let margin = reply_margin(self.timeout);
+        let now = Instant::now();
+        // A caller that has gone answered UNAVAILABLE (or was cancelled): never append it. One
+        // with too little time left for a round trip is answered so now.
+        group.retain_mut(|job| {
+            if job.reply.is_closed() {
+                return false;
+            }
+            if job.give_up.saturating_duration_since(now) <= margin {
+                let reply = std::mem::replace(&mut job.reply, tokio::sync::oneshot::channel().0);
+                let _ = reply.send(Err(too_slow()));
+                return false;
+            }
+            true
+        });
+        let Some(give_up) = group.iter().map(|j| j.give_up).min() else {
+            return;
+        };
+        match self.run_script(group, give_up, margin).await {
+            Ok(mut ids) => {
+                for job in group.drain(..) {
+                    let rest = ids.split_off(job.events.len().min(ids.len()));
+                    let _ = job.reply.send(Ok(std::mem::replace(&mut ids, rest)));
+                }
+            }
+            Err(e) => {
+                // Every error here is `Unavailable`: each job gets its message.
+                let message = match e {
+                    GatewayError::Unavailable(m) => m,
+                    other => other.to_string(),
+                };
+                for job in group.drain(..) {
+                    let _ = job
+                        .reply
+                        .send(Err(GatewayError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+
+    /// Runs the append script over the events of `group`, in order, by `give_up`; returns each
+    /// event's (id, duplicate).
+    async fn run_script(
+        &self,
+        group: &[AppendJob],
+        give_up: Instant,
+        margin: Duration,
+    ) -> Result<Vec<(String, bool)>, GatewayError> {
         let mode = if self.max_events <= EXACT_TRIM_MAX {
             "="
         } else {
             "~"
         };
-        let mut keys = vec![self.stream_key.clone()];
-        let mut per_event = Vec::with_capacity(events.len());
-        let mut counts = Vec::with_capacity(events.len());
-        // Latest-event keys after the dedupe keys, one per channel of the batch.
-        let mut snap_keys: Vec<(String, usize)> = Vec::new();
-        let dedupe_keys = events
-            .iter()
-            .filter(|e| e.idempotency_key.is_some())
-            .count();
-        let mut snap_args = Vec::with_capacity(events.len());
-        for ev in &events {
-            let arg = match self.snapshots.snapshot_ttl(&ev.channel) {
-                Some(ttl) => {
-                    let key = format!("{}{}", self.snapshot_prefix, ev.channel.as_str());
-                    let index = match snap_keys.iter().find(|(k, _)| *k == key) {
-                        Some((_, i)) => *i,
+        let events = || group.iter().flat_map(|j| j.events.iter());
+        let total = events().count();
+        // KEYS: the stream, the dedupe keys in event order, then one latest-event key per
+        // channel of the group.
+        let dedupe_keys = events().filter(|e| e.dedupe_key.is_some()).count();
+        let mut snap_keys: Vec<&str> = Vec::new();
+        let mut args = Vec::with_capacity(total);
+        let mut next_dedupe = 2;
+        for ev in events() {
+            let key_index = if ev.dedupe_key.is_some() {
+                next_dedupe += 1;
+                next_dedupe - 1
+            } else {
+                0
+            };
+            let (snap_index, snap_ttl) = match &ev.snapshot {
+                Some((key, ttl)) => {
+                    let i = match snap_keys.iter().position(|k| k == key) {
+                        Some(i) => i,
                         None => {
-                            let i = 2 + dedupe_keys + snap_keys.len();
-                            snap_keys.push((key, i));
-                            i
+                            snap_keys.push(key);
+                            snap_keys.len() - 1
                         }
                     };
-                    (index, ttl.as_millis().max(1))
+                    (2 + dedupe_keys + i, *ttl)
                 }
                 None => (0, 0),
             };
-            snap_args.push(arg);
-        }
-        for ev in &events {
-            let key_index = match &ev.idempotency_key {
-                Some(k) => {
-                    keys.push(dedupe_key(&self.dedupe_prefix, publisher, k));
-                    keys.len()
-                }
-                None => 0,
-            };
-            let audience = ev
-                .audience
-                .as_ref()
-                .and_then(|a| serde_json::to_string(a).ok())
-                .unwrap_or_default();
-            per_event.push((key_index, audience));
-            counts.push(self.hub.subscriber_count(&ev.channel, ev.audience.as_ref()) as u32);
+            args.push((key_index, snap_index, snap_ttl));
         }
         let mut conn = self.conn.clone();
         for attempt in 0..APPEND_ATTEMPTS {
@@ -565,28 +758,31 @@ impl RedisLog {
             let sent = Instant::now();
             let deadline = self.clock.deadline(lower_bound, sent, give_up, margin);
             let mut invocation = self.script.prepare_invoke();
-            for key in keys.iter().chain(snap_keys.iter().map(|(k, _)| k)) {
+            invocation.key(&self.stream_key);
+            for key in events().filter_map(|e| e.dedupe_key.as_ref()) {
                 invocation.key(key);
+            }
+            for key in &snap_keys {
+                invocation.key(*key);
             }
             invocation
                 .arg(deadline)
                 .arg(mode)
                 .arg(self.max_events)
                 .arg(self.dedupe_secs)
-                .arg(events.len());
-            for ((ev, (key_index, audience)), (snap_index, snap_ttl)) in
-                events.iter().zip(&per_event).zip(&snap_args)
-            {
+                .arg(total);
+            for (ev, (key_index, snap_index, snap_ttl)) in events().zip(&args) {
                 invocation
                     .arg(key_index)
                     .arg(ev.channel.as_str())
                     .arg(&ev.event)
                     .arg(&ev.payload)
-                    .arg(audience)
-                    .arg(&ts)
+                    .arg(&ev.audience)
+                    .arg(&ev.ts)
                     .arg(snap_index)
-                    .arg(u64::try_from(*snap_ttl).unwrap_or(u64::MAX));
+                    .arg(snap_ttl);
             }
+            self.append_calls.fetch_add(1, Ordering::Relaxed);
             let (status, redis_now, reply): (String, i64, Vec<(String, i64)>) =
                 tokio::time::timeout_at(give_up.into(), invocation.invoke_async(&mut conn))
                     .await
@@ -600,23 +796,28 @@ impl RedisLog {
                 tracing::debug!(deadline, redis_now, "redis refused a late append");
                 continue;
             }
+            if reply.len() != total {
+                return Err(GatewayError::Unavailable(format!(
+                    "redis: the append script answered {} of {total} events",
+                    reply.len()
+                )));
+            }
             if let Some(p) = reply.iter().filter_map(|(id, _)| parse_id(id)).max() {
                 self.metrics.redis_tail.appended((p.major, p.minor));
             }
-            return Ok(reply
-                .into_iter()
-                .zip(&counts)
-                .map(|((id, dup), &count)| {
-                    let cursor = parse_id(&id).map_or(id, cursor_of);
-                    AppendOutcome {
-                        cursor,
-                        delivered: if dup == 1 { 0 } else { count },
-                        duplicate: dup == 1,
-                    }
-                })
-                .collect());
+            return Ok(reply.into_iter().map(|(id, dup)| (id, dup == 1)).collect());
         }
         Err(too_slow())
+    }
+
+    /// Append scripts this node has sent (each carries one group of appends).
+    pub fn append_calls(&self) -> u64 {
+        self.append_calls.load(Ordering::Relaxed)
+    }
+
+    /// Appends waiting in the committer's queue (not counting the group in flight).
+    pub fn queued_appends(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
     }
 
     /// See [`super::Broker::latest`]: one `MGET` of the latest-event keys of `channels`.

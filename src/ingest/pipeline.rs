@@ -125,6 +125,81 @@ impl Pipeline {
                 self.config.limits.publisher_events_per_sec
             )));
         }
+        self.append(publisher, events).await
+    }
+}
+
+/// What became of the requests of one [`Pipeline::publish_each`] call.
+pub(crate) struct EachOutcome {
+    /// The outcomes of the leading requests that were appended, in order.
+    pub(crate) outcomes: Vec<AppendOutcome>,
+    /// Why the request after them was not appended (the rest were not looked at).
+    pub(crate) error: Option<GatewayError>,
+}
+
+impl Pipeline {
+    /// Publishes requests that each stand alone (the requests of a `PublishStream` waiting to be
+    /// read), with exactly the result each would get on its own, in order, but in one append:
+    /// the leading requests that pass validation and the rate limit are appended as one batch;
+    /// the first that does not ends it with its own error (no index: it is one request).
+    ///
+    /// When the append fails, `outcomes` is empty and `error` is the append's error: it answers
+    /// the first of them, as it would have alone.
+    pub(crate) async fn publish_each(
+        &self,
+        publisher: &str,
+        requests: Vec<PublishRequest>,
+    ) -> EachOutcome {
+        if self.shutdown.is_cancelled() {
+            return EachOutcome {
+                outcomes: Vec::new(),
+                error: Some(GatewayError::ShuttingDown),
+            };
+        }
+        let mut events = Vec::with_capacity(requests.len());
+        let mut error = None;
+        for req in requests {
+            match self.validate(publisher, req) {
+                Ok(ev) => events.push(ev),
+                Err(e) => {
+                    self.metrics.published_by(publisher, result_label(&e), 1);
+                    tracing::debug!(%publisher, error = %e, "publish rejected");
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let admitted = self.limiter.take_up_to(publisher, events.len());
+        if admitted < events.len() {
+            // Only the first one over the limit is answered; the stream ends with it.
+            events.truncate(admitted);
+            self.metrics.published_by(publisher, "rate_limited", 1);
+            error = Some(GatewayError::RateLimited(format!(
+                "publisher {publisher:?} is over {} events/s",
+                self.config.limits.publisher_events_per_sec
+            )));
+        }
+        if events.is_empty() {
+            return EachOutcome {
+                outcomes: Vec::new(),
+                error,
+            };
+        }
+        match self.append(publisher, events).await {
+            Ok(outcomes) => EachOutcome { outcomes, error },
+            Err(e) => EachOutcome {
+                outcomes: Vec::new(),
+                error: Some(e),
+            },
+        }
+    }
+
+    /// Appends validated events, counting the results.
+    async fn append(
+        &self,
+        publisher: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<AppendOutcome>, GatewayError> {
         let n = events.len() as u64;
         match self.broker.append(publisher, events).await {
             Ok(outcomes) => {

@@ -30,6 +30,49 @@ impl RateLimiter {
         self.take_at(publisher, n, Instant::now())
     }
 
+    /// Takes as many of `n` single events as `publisher`'s bucket admits, in order, and returns
+    /// how many: the same as `n` calls of `take(publisher, 1)` at one instant, under one lock.
+    pub fn take_up_to(&self, publisher: &str, n: usize) -> usize {
+        self.take_up_to_at(publisher, n, Instant::now())
+    }
+
+    fn take_up_to_at(&self, publisher: &str, n: usize, now: Instant) -> usize {
+        if self.per_sec <= 0.0 {
+            return n;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let tokens = Self::refill(&mut buckets, publisher, self.per_sec, now);
+        // Whole tokens only: one event needs one (a limit under 1/s admits when the bucket is
+        // full, like `take`).
+        let whole = if self.per_sec < 1.0 {
+            usize::from(*tokens >= self.per_sec)
+        } else {
+            // Truncation is the point: a fraction of a token admits nothing.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let whole = tokens.max(0.0).floor() as usize;
+            whole
+        };
+        let admitted = whole.min(n);
+        *tokens -= admitted as f64;
+        admitted
+    }
+
+    /// Refills `publisher`'s bucket up to `now` and returns its tokens.
+    fn refill<'a>(
+        buckets: &'a mut HashMap<String, (f64, Instant)>,
+        publisher: &str,
+        per_sec: f64,
+        now: Instant,
+    ) -> &'a mut f64 {
+        let (tokens, last) = buckets
+            .entry(publisher.to_owned())
+            .or_insert((per_sec, now));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * per_sec;
+        *tokens = (*tokens + refill).min(per_sec);
+        *last = now;
+        tokens
+    }
+
     fn take_at(&self, publisher: &str, n: usize, now: Instant) -> bool {
         if self.per_sec <= 0.0 {
             return true;
@@ -37,12 +80,7 @@ impl RateLimiter {
         // Lock policy of the crate: a panic elsewhere never leaves a bucket half-updated (each
         // update is two plain stores), so a poisoned lock is recovered, never bypassed.
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let (tokens, last) = buckets
-            .entry(publisher.to_owned())
-            .or_insert((self.per_sec, now));
-        let refill = now.saturating_duration_since(*last).as_secs_f64() * self.per_sec;
-        *tokens = (*tokens + refill).min(self.per_sec);
-        *last = now;
+        let tokens = Self::refill(&mut buckets, publisher, self.per_sec, now);
         let need = n as f64;
         // A request larger than the bucket needs a full bucket, then runs it into debt.
         if *tokens >= need.min(self.per_sec) {
@@ -87,6 +125,30 @@ mod tests {
         // Another oversized batch waits for a full bucket again.
         assert!(!limiter.take_at("a", 25, t0 + Duration::from_millis(2500)));
         assert!(limiter.take_at("a", 25, t0 + Duration::from_millis(2700)));
+    }
+
+    #[test]
+    fn take_up_to_admits_what_single_takes_would() {
+        let limiter = RateLimiter::new(10);
+        let t0 = Instant::now();
+        assert_eq!(limiter.take_up_to_at("a", 4, t0), 4);
+        assert_eq!(
+            limiter.take_up_to_at("a", 100, t0),
+            6,
+            "the rest of the bucket"
+        );
+        assert_eq!(limiter.take_up_to_at("a", 3, t0), 0);
+        assert!(!limiter.take_at("a", 1, t0));
+        // 0.25 s refills 2.5 tokens: two whole events, half a token left.
+        let t1 = t0 + Duration::from_millis(250);
+        assert_eq!(limiter.take_up_to_at("a", 5, t1), 2);
+        assert_eq!(limiter.take_up_to_at("a", 5, t1), 0);
+        let t2 = t1 + Duration::from_millis(50);
+        assert_eq!(limiter.take_up_to_at("a", 5, t2), 1, "the half plus a half");
+        assert_eq!(
+            RateLimiter::new(0).take_up_to_at("a", 1_000_000, t0),
+            1_000_000
+        );
     }
 
     #[test]

@@ -27,6 +27,22 @@ const MAX_HANDSHAKES: usize = 1024;
 /// Completed TLS connections waiting for tonic to take them.
 const READY_QUEUE: usize = 64;
 
+/// HTTP/2 flow-control window of one request stream: what a publisher may send on a stream
+/// ahead of the server reading it. The HTTP/2 default.
+///
+/// Sized against h2's bound on small DATA frames held unread on a connection (framing overhead
+/// of `256 − size` per frame under 256 bytes, at most half the connection window; past it h2
+/// closes the connection with `GOAWAY ENHANCE_YOUR_CALM`). Every `PublishStream` is read as it
+/// arrives; only one whose queue is full is left unread, and then holds at most this window.
+/// With half of [`CONNECTION_WINDOW`] to spend, that leaves room for 8 such streams of frames
+/// as small as 29 bytes (a short channel name and a few bytes of JSON), or 40 of 100-byte frames, at once.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// HTTP/2 flow-control window of one connection (all its streams together). Large next to
+/// [`STREAM_WINDOW`] so it never holds back streams that are read promptly, and because h2's
+/// small-frame allowance is half of it (see there).
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// Serves `routes` on `listener` until `shutdown`, each connection's TLS built from the
 /// current `tls` at its handshake.
 ///
@@ -48,6 +64,8 @@ pub(crate) async fn serve(
         tasks.clone(),
     ));
     tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(incoming),
