@@ -50,20 +50,21 @@ pub struct DevSetup {
     pub created: Vec<PathBuf>,
 }
 
-/// The example services of the dev setup and what they may publish (`dev-cli` is the
-/// `publish` subcommand's certificate).
+/// The example services of the dev setup, what they may publish, and whether they may call
+/// `Control` (`l5-etl-service` is the flask_etl example, which owns workspace membership and
+/// unsubscribes removed members; `dev-cli` is the `publish` subcommand's certificate).
 pub fn dev_publishers() -> Vec<PublisherConfig> {
     [
-        ("l5-etl-service", vec!["logs:**", "metrics:*"]),
-        ("faas-service", vec!["workflow:**"]),
-        ("analytics-service", vec!["metrics:*", "dashboards:*"]),
-        ("dev-cli", vec!["**"]),
+        ("l5-etl-service", vec!["logs:**", "metrics:*"], true),
+        ("faas-service", vec!["workflow:**"], false),
+        ("analytics-service", vec!["metrics:*", "dashboards:*"], false),
+        ("dev-cli", vec!["**"], false),
     ]
     .into_iter()
-    .map(|(name, channels)| PublisherConfig {
+    .map(|(name, channels, control)| PublisherConfig {
         name: name.to_owned(),
         channels: channels.into_iter().map(str::to_owned).collect(),
-        control: false,
+        control,
     })
     .collect()
 }

@@ -33,7 +33,7 @@ from pathlib import Path
 import jwt
 from flask import Flask, jsonify, request
 
-from sse_gateway_sdk import Publisher
+from sse_gateway_sdk import Control, Publisher
 
 SERVICE = "l5-etl-service"
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +52,20 @@ def publisher() -> Publisher:
     )
 
 
+def control() -> Control:
+    """The gateway's Control service, with the same certificate (its `[[publishers]]` entry has
+    `control = true`; in the dev setup it has)."""
+    if os.environ.get("SSE_GATEWAY_CERT"):
+        return Control()
+    certs = REPO / "certs"
+    return Control(
+        os.environ.get("SSE_GATEWAY_ADDR", "localhost:50051"),
+        ca=str(certs / "ca.pem"),
+        cert=str(certs / f"{SERVICE}.pem"),
+        key=str(certs / f"{SERVICE}-key.pem"),
+    )
+
+
 def jwt_secret() -> bytes:
     """$SSE_GATEWAY_JWT_SECRET when set, else the dev setup's <repo>/certs/dev-secret: the
     secret the gateway verifies subscriber tokens with."""
@@ -62,6 +76,7 @@ def jwt_secret() -> bytes:
 
 app = Flask(__name__)
 pub = publisher()  # one gRPC channel for the whole app, shared by all requests
+ctl = control()
 SECRET = jwt_secret()
 
 # The app's own permission model: who belongs to which workspace. A real app keeps this in
@@ -70,8 +85,8 @@ MEMBERS: dict[str, set[str]] = {"ws1": {"alice", "bob"}, "ws2": {"bob"}}
 MEMBERS_LOCK = threading.Lock()
 # Channel types whose second segment is a workspace id (logs:ws:wf, metrics:ws, workflow:ws:wf).
 WORKSPACE_CHANNELS = {"logs", "metrics", "workflow"}
-# How long the gateway may reuse an answer. A removed member keeps reading for at most this
-# long unless the app also unsubscribes them through the gateway's Control service.
+# How long the gateway may reuse an answer. Removing a member also unsubscribes them through
+# the gateway's Control service, so their open streams drop the workspace's channels at once.
 ANSWER_TTL_SECS = 30
 
 
@@ -139,13 +154,20 @@ def add_member(ws: str, user: str):
 
 @app.delete("/workspaces/<ws>/members/<user>")
 def remove_member(ws: str, user: str):
-    """Removes `user` from workspace `ws`: from now on the callback denies them its channels."""
+    """Removes `user` from workspace `ws`: from now on the callback denies them its channels,
+    and the gateway drops those channels from the user's open streams (on every node)."""
     if (refused := admin_only()) is not None:
         return refused
     with MEMBERS_LOCK:
         MEMBERS.get(ws, set()).discard(user)
         members = sorted(MEMBERS.get(ws, set()))
-    return {"workspace_id": ws, "members": members}
+    reason = f"removed from workspace {ws}"
+    # A failed call is logged by the SDK and returned with ok=False; the membership change
+    # stands either way (the callback refuses the channels once cached answers expire).
+    patterns = [f"logs:{ws}", f"logs:{ws}:**", f"metrics:{ws}", f"workflow:{ws}:**"]
+    results = [ctl.unsubscribe(user, pattern, reason=reason) for pattern in patterns]
+    return {"workspace_id": ws, "members": members,
+            "unsubscribed": {"ok": all(r.ok for r in results), "streams": sum(r.streams for r in results)}}
 
 
 def log(ws: str, wf: str, level: str, step: str, message: str, **extra):
