@@ -24,6 +24,7 @@ Run against the dev setup of `cargo run --release` (see README.md):
     python examples/flask_etl/app.py        # http://127.0.0.1:5000
 """
 
+import functools
 import os
 import random
 import threading
@@ -66,9 +67,11 @@ def control() -> Control:
     )
 
 
+@functools.cache
 def jwt_secret() -> bytes:
     """$SSE_GATEWAY_JWT_SECRET when set, else the dev setup's <repo>/certs/dev-secret: the
-    secret the gateway verifies subscriber tokens with."""
+    secret the gateway verifies subscriber tokens with (read when first needed, so the ETL
+    routes work without it)."""
     if os.environ.get("SSE_GATEWAY_JWT_SECRET"):
         return os.environ["SSE_GATEWAY_JWT_SECRET"].encode()
     return (REPO / "certs" / "dev-secret").read_bytes().rstrip()
@@ -77,7 +80,6 @@ def jwt_secret() -> bytes:
 app = Flask(__name__)
 pub = publisher()  # one gRPC channel for the whole app, shared by all requests
 ctl = control()
-SECRET = jwt_secret()
 
 # The app's own permission model: who belongs to which workspace. A real app keeps this in
 # its database; tokens do not list it (a user may belong to thousands of workflows).
@@ -96,7 +98,7 @@ def user_of(req):
     if scheme.lower() != "bearer" or not token:
         return None
     try:
-        return jwt.decode(token, SECRET, algorithms=["HS256"], leeway=30,
+        return jwt.decode(token, jwt_secret(), algorithms=["HS256"], leeway=30,
                           options={"require": ["exp", "sub"]})
     except jwt.InvalidTokenError:
         return None
