@@ -57,7 +57,11 @@ pub fn dev_publishers() -> Vec<PublisherConfig> {
     [
         ("l5-etl-service", vec!["logs:**", "metrics:*"], true),
         ("faas-service", vec!["workflow:**"], false),
-        ("analytics-service", vec!["metrics:*", "dashboards:*"], false),
+        (
+            "analytics-service",
+            vec!["metrics:*", "dashboards:*"],
+            false,
+        ),
         ("dev-cli", vec!["**"], false),
     ]
     .into_iter()
