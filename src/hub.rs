@@ -35,13 +35,15 @@ pub enum Item {
 }
 
 impl Item {
+    /// The bytes it accounts for in its queue: its frame's, and at least one, so that a queue
+    /// that accounts no bytes holds no item ([`Receiver::poll_recv_many`] relies on it).
     fn len(&self) -> usize {
         let len = match self {
             Item::Event(e) => e.frame.len(),
             Item::Control(b) | Item::Gap(b) => b.len(),
             Item::Snapshot(e) => e.snapshot_frame().len(),
         };
-        len
+        len.max(1)
     }
 }
 
@@ -343,6 +345,16 @@ impl Receiver {
         limit: usize,
     ) -> Poll<usize> {
         let queue = &self.connection.queue;
+        // No bytes accounted means no item queued (each accounts at least one, reserved before
+        // it is pushed and released after it was taken): an idle stream's wake-up checks that
+        // without the lock. The waker is registered before the second look, so a push after it
+        // wakes the task.
+        if self.connection.queued_bytes() == 0 {
+            queue.ready.register(cx.waker());
+            if self.connection.queued_bytes() == 0 {
+                return Poll::Pending;
+            }
+        }
         let n = queue.take(out, limit.max(1));
         if n > 0 {
             return Poll::Ready(n);
