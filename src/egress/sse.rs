@@ -215,11 +215,10 @@ pub(crate) async fn stream(
         ticker,
         done: false,
     };
-    let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        s.state.metrics.sse_bytes_written.inc_by(chunk.len() as u64);
-        Some((Ok::<_, Infallible>(chunk), s))
-    }));
+    let body = Body::from_stream(SseBody {
+        stream: Some(Box::new(stream)),
+        slow: None,
+    });
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
@@ -248,6 +247,15 @@ enum Stop {
     Closed,
     /// The token expired.
     Expired,
+}
+
+/// What [`SseStream::next_chunk`] came to.
+enum Next {
+    Chunk(Bytes),
+    /// The stream has ended.
+    End,
+    /// Nothing but live events (or a stop) comes next.
+    Live,
 }
 
 /// What woke a live stream.
@@ -297,46 +305,46 @@ struct SseStream {
 }
 
 impl SseStream {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next chunk that is not a live wake-up's: the first, latest values, a replay page,
+    /// the farewell; [`Next::Live`] when what comes next is for [`SseStream::poll_live_chunk`].
+    async fn next_chunk(&mut self) -> Next {
         if self.done {
-            return None;
+            return Next::End;
         }
         if let Some(first) = self.first.take() {
-            return Some(first);
+            return Next::Chunk(first);
         }
         loop {
             if self.done {
-                return None;
+                return Next::End;
             }
             if self.registration.connection.closed.is_cancelled() {
                 self.done = true;
-                return self.registration.connection.farewell();
+                return self
+                    .registration
+                    .connection
+                    .farewell()
+                    .map_or(Next::End, Next::Chunk);
             }
             if self.snapshot_due {
                 self.snapshot_due = false;
                 let mut out = Out::default();
-                // Boxed, like the replay below: an idle stream's state is sized for the wait
-                // for live events, not for a log read it did once.
                 Box::pin(self.write_snapshots(&mut out)).await;
                 let mut carry = std::mem::take(&mut self.carry);
                 self.render(&mut carry, &mut out);
                 if out.is_empty() {
                     continue;
                 }
-                return Some(out.freeze());
+                return Next::Chunk(out.freeze());
             }
             if let Some(replay) = self.replay.take() {
                 let page = Box::pin(self.replay_page(replay)).await;
                 if page.is_empty() {
                     continue;
                 }
-                return Some(page);
+                return Next::Chunk(page);
             }
-            match self.live().await {
-                // Every queued event was already replayed: wait for more.
-                Some(chunk) if chunk.is_empty() => continue,
-                other => return other,
-            }
+            return Next::Live;
         }
     }
 
@@ -610,13 +618,31 @@ impl SseStream {
         }
     }
 
-    async fn live(&mut self) -> Option<Bytes> {
+    /// Whether the next chunk comes from the live queue (or a stop), with nothing else due
+    /// first: the checks of [`SseStream::next_chunk`] before it answers [`Next::Live`].
+    fn is_live(&self) -> bool {
+        !self.done
+            && self.first.is_none()
+            && !self.snapshot_due
+            && self.replay.is_none()
+            && !self.registration.connection.closed.is_cancelled()
+    }
+
+    /// Waits for the queue, the heartbeat or a stop (an empty chunk: every queued event was
+    /// already sent).
+    fn poll_live_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.waits.is_none() {
             // A stop was seen already (it ends the stream).
             self.done = true;
-            return None;
+            return Poll::Ready(None);
         }
-        let wake = std::future::poll_fn(|cx| self.poll_live(cx)).await;
+        let Poll::Ready(wake) = self.poll_live(cx) else {
+            return Poll::Pending;
+        };
+        Poll::Ready(self.live_chunk(wake))
+    }
+
+    fn live_chunk(&mut self, wake: Wake) -> Option<Bytes> {
         let mut out = Out::default();
         match wake {
             Wake::Stop(Stop::Shutdown) => {
@@ -648,6 +674,75 @@ impl SseStream {
             return None;
         }
         Some(out.freeze())
+    }
+}
+
+/// The response body: a live wake-up is served in place, by [`SseStream::poll_live_chunk`];
+/// anything else (the first chunk, latest values, replay pages, the end) by
+/// [`SseStream::next_chunk`], which takes the stream and gives it back. (A stream built with
+/// `unfold` moved its whole state into and out of a new future at every chunk.) An idle
+/// stream is live: no future is held for it.
+struct SseBody {
+    /// `None` while `slow` has it, and once the stream has ended.
+    stream: Option<Box<SseStream>>,
+    slow: Option<SlowChunk>,
+}
+
+type SlowChunk = Pin<Box<dyn Future<Output = (Box<SseStream>, Next)> + Send>>;
+
+impl futures_util::Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let chunk = if let Some(slow) = this.slow.as_mut() {
+                let Poll::Ready((stream, next)) = slow.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.slow = None;
+                this.stream = Some(stream);
+                match next {
+                    Next::Chunk(chunk) => Some(chunk),
+                    Next::End => None,
+                    Next::Live => continue,
+                }
+            } else {
+                let Some(stream) = this.stream.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if !stream.is_live() {
+                    let Some(mut stream) = this.stream.take() else {
+                        return Poll::Ready(None);
+                    };
+                    this.slow = Some(Box::pin(async move {
+                        let next = stream.next_chunk().await;
+                        (stream, next)
+                    }));
+                    continue;
+                }
+                let Poll::Ready(chunk) = stream.poll_live_chunk(cx) else {
+                    return Poll::Pending;
+                };
+                match chunk {
+                    // Every queued event was already replayed: wait for more.
+                    Some(chunk) if chunk.is_empty() => continue,
+                    other => other,
+                }
+            };
+            let Some(chunk) = chunk else {
+                this.stream = None;
+                return Poll::Ready(None);
+            };
+            if let Some(stream) = this.stream.as_ref() {
+                stream
+                    .state
+                    .metrics
+                    .sse_bytes_written
+                    .inc_by(chunk.len() as u64);
+            }
+            return Poll::Ready(Some(Ok(chunk)));
+        }
     }
 }
 
