@@ -28,7 +28,7 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Sleep};
 
 use super::{authorize, Denied, TransportKill};
 use crate::auth::Subscriber;
@@ -181,8 +181,7 @@ pub(crate) async fn stream(
         .saturating_mul(1000)
         .saturating_sub(crate::event::now_ms());
     let heartbeat = Duration::from_secs(sse.heartbeat_secs);
-    let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let ping = Box::pin(tokio::time::sleep(heartbeat));
     let expires_at = Instant::now() + Duration::from_millis(expires_in);
     let waits = {
         let shutdown = state.shutdown.clone();
@@ -212,7 +211,8 @@ pub(crate) async fn stream(
         waits: Some(waits),
         waits_waker: None,
         expires_at,
-        ticker,
+        ping,
+        heartbeat,
         done: false,
     };
     let body = Body::from_stream(SseBody {
@@ -300,7 +300,9 @@ struct SseStream {
     waits_waker: Option<Waker>,
     /// When the token expires (`waits` ends then).
     expires_at: Instant,
-    ticker: tokio::time::Interval,
+    /// The next heartbeat; re-armed a heartbeat period after each ping is written.
+    ping: Pin<Box<Sleep>>,
+    heartbeat: Duration,
     done: bool,
 }
 
@@ -435,7 +437,13 @@ impl SseStream {
                     () = self.state.shutdown.cancelled() => self.done = true,
                     () = conn.closed.cancelled() => self.done = true,
                     () = tokio::time::sleep(backoff) => {}
-                    _ = self.ticker.tick() => out.extend_from_slice(b": ping\n\n"),
+                    () = self.ping.as_mut() => {
+                        self.ping.as_mut().reset(Instant::now() + self.heartbeat);
+                        // A re-armed timer holds no waker until polled: have the live loop
+                        // poll it again.
+                        self.waits_waker = None;
+                        out.extend_from_slice(b": ping\n\n");
+                    }
                 }
                 self.drain_during_replay(&mut out);
             }
@@ -573,26 +581,25 @@ impl SseStream {
 
     /// Polls, in order of precedence, the stops, the queue and the heartbeat.
     fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        // Polling the waits relocks each token's waiter list, and polling a timer re-registers
+        // its waker. Once they hold this task's waker they wake it when they end, so they are
+        // polled again only when one may have ended (flags and the clock, which are cheap to
+        // read) or the waker changed.
+        let registered = self
+            .waits_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        let now = Instant::now();
         if let Some(waits) = self.waits.as_mut() {
-            // Polling the waits relocks each token's waiter list. Once they hold this task's
-            // waker they wake it when they end, so they are polled again only when one may
-            // have ended (flags and the clock, which are cheap to read) or the waker changed.
-            let registered = self
-                .waits_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()));
             if !registered
                 || self.state.shutdown.is_cancelled()
                 || self.registration.connection.closed.is_cancelled()
-                || Instant::now() >= self.expires_at
+                || now >= self.expires_at
             {
                 if let Poll::Ready(stop) = waits.as_mut().poll(cx) {
                     self.waits = None;
                     self.waits_waker = None;
                     return Poll::Ready(Wake::Stop(stop));
-                }
-                if !registered {
-                    self.waits_waker = Some(cx.waker().clone());
                 }
             }
         }
@@ -601,12 +608,25 @@ impl SseStream {
             .poll_recv_many(cx, &mut self.items, COALESCE)
             .is_ready()
         {
+            // The heartbeat may not have seen this waker yet: `waits_waker` is left as it was.
             return Poll::Ready(Wake::Items);
         }
-        if self.ticker.poll_tick(cx).is_ready() {
-            return Poll::Ready(Wake::Tick);
+        let tick =
+            (!registered || now >= self.ping.deadline()) && self.ping.as_mut().poll(cx).is_ready();
+        if tick {
+            // Delayed, not caught up: the next ping is a full period after this one.
+            self.ping.as_mut().reset(now + self.heartbeat);
+            // A re-armed timer holds no waker until polled.
+            let _ = self.ping.as_mut().poll(cx);
         }
-        Poll::Pending
+        if !registered {
+            self.waits_waker = Some(cx.waker().clone());
+        }
+        if tick {
+            Poll::Ready(Wake::Tick)
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Renders what is in `self.items`, keeping the (emptied) buffer when it is small.
