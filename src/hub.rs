@@ -7,11 +7,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use serde::Serialize;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::ChannelName;
@@ -34,12 +35,15 @@ pub enum Item {
 }
 
 impl Item {
+    /// The bytes it accounts for in its queue: its frame's, and at least one, so that a queue
+    /// that accounts no bytes holds no item ([`Receiver::poll_recv_many`] relies on it).
     fn len(&self) -> usize {
-        match self {
+        let len = match self {
             Item::Event(e) => e.frame.len(),
             Item::Control(b) | Item::Gap(b) => b.len(),
             Item::Snapshot(e) => e.snapshot_frame().len(),
-        }
+        };
+        len.max(1)
     }
 }
 
@@ -257,9 +261,10 @@ impl ChannelSet {
 #[derive(Debug)]
 struct Queue {
     items: Mutex<VecDeque<Item>>,
-    /// Woken on each push; a push while the consumer is not waiting leaves a permit, so a
-    /// wake-up between its check and its wait is not lost.
-    ready: Notify,
+    /// The consumer's waker, woken on each push. The consumer registers it before its last
+    /// look at the queue, so a push between that look and its wait is not lost. (Cheaper per
+    /// wake-up than a `Notify`, whose waiter list is locked and relinked on every wait.)
+    ready: AtomicWaker,
     capacity: usize,
 }
 
@@ -270,7 +275,7 @@ impl Queue {
     fn new(capacity: usize) -> Self {
         Self {
             items: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            ready: AtomicWaker::new(),
             capacity: capacity.max(1),
         }
     }
@@ -291,7 +296,7 @@ impl Queue {
             }
             items.push_back(item);
         }
-        self.ready.notify_one();
+        self.ready.wake();
         true
     }
 
@@ -328,13 +333,37 @@ impl Receiver {
     /// that are waiting, bounded): one wake-up and one write carry a burst. Returns how many.
     /// Cancel-safe: nothing is taken unless it returns.
     pub async fn recv_many(&mut self, out: &mut Vec<Item>, limit: usize) -> usize {
+        std::future::poll_fn(|cx| self.poll_recv_many(cx, out, limit)).await
+    }
+
+    /// [`Receiver::recv_many`] as a poll: ready with how many items were moved into `out`
+    /// (at least one), else pending with the task's waker registered.
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Item>,
+        limit: usize,
+    ) -> Poll<usize> {
         let queue = &self.connection.queue;
-        loop {
-            let n = queue.take(out, limit.max(1));
-            if n > 0 {
-                return n;
+        // No bytes accounted means no item queued (each accounts at least one, reserved before
+        // it is pushed and released after it was taken): an idle stream's wake-up checks that
+        // without the lock. The waker is registered before the second look, so a push after it
+        // wakes the task.
+        if self.connection.queued_bytes() == 0 {
+            queue.ready.register(cx.waker());
+            if self.connection.queued_bytes() == 0 {
+                return Poll::Pending;
             }
-            queue.ready.notified().await;
+        }
+        let n = queue.take(out, limit.max(1));
+        if n > 0 {
+            return Poll::Ready(n);
+        }
+        queue.ready.register(cx.waker());
+        // A push between the first look and the registration woke no one: look again.
+        match queue.take(out, limit.max(1)) {
+            0 => Poll::Pending,
+            n => Poll::Ready(n),
         }
     }
 }

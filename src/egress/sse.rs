@@ -15,7 +15,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -25,7 +28,7 @@ use axum::response::Response;
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Sleep};
 
 use super::{authorize, Denied, TransportKill};
 use crate::auth::Subscriber;
@@ -39,6 +42,9 @@ use crate::state::AppState;
 const REPLAY_PAGE: usize = 1000;
 /// Most queued items written in one chunk.
 const COALESCE: usize = 256;
+/// Capacity of the per-wake item buffer kept between wake-ups; a larger one (a burst) is
+/// released, so that an idle stream holds little.
+const ITEMS_KEEP: usize = 8;
 
 #[derive(Serialize)]
 struct Ready<'a> {
@@ -175,8 +181,20 @@ pub(crate) async fn stream(
         .saturating_mul(1000)
         .saturating_sub(crate::event::now_ms());
     let heartbeat = Duration::from_secs(sse.heartbeat_secs);
-    let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let ping = Box::pin(tokio::time::sleep(heartbeat));
+    let expires_at = Instant::now() + Duration::from_millis(expires_in);
+    let waits = {
+        let shutdown = state.shutdown.clone();
+        let closed = registration.connection.closed.clone();
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Stop::Shutdown,
+                () = closed.cancelled() => Stop::Closed,
+                () = tokio::time::sleep_until(expires_at) => Stop::Expired,
+            }
+        })
+    };
     let stream = SseStream {
         state: state.clone(),
         registration,
@@ -188,16 +206,19 @@ pub(crate) async fn stream(
         covered: None,
         high: HashMap::new(),
         carry: Vec::new(),
-        expires_at: Instant::now() + Duration::from_millis(expires_in),
+        items: Vec::new(),
         replay_failures: 0,
-        ticker,
+        waits: Some(waits),
+        waits_waker: None,
+        expires_at,
+        ping,
+        heartbeat,
         done: false,
     };
-    let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        s.state.metrics.sse_bytes_written.inc_by(chunk.len() as u64);
-        Some((Ok::<_, Infallible>(chunk), s))
-    }));
+    let body = Body::from_stream(SseBody {
+        stream: Some(Box::new(stream)),
+        slow: None,
+    });
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
@@ -218,6 +239,40 @@ enum Replay {
     Foreign,
 }
 
+/// Why a live stream stops, other than its queue.
+enum Stop {
+    /// The gateway is shutting down.
+    Shutdown,
+    /// The gateway closed this connection (revocation, slow consumer).
+    Closed,
+    /// The token expired.
+    Expired,
+}
+
+/// What [`SseStream::next_chunk`] came to.
+enum Next {
+    Chunk(Bytes),
+    /// The stream has ended.
+    End,
+    /// Nothing but live events (or a stop) comes next.
+    Live,
+}
+
+/// What woke a live stream.
+enum Wake {
+    Stop(Stop),
+    /// Items were moved into [`SseStream::items`].
+    Items,
+    /// The heartbeat is due.
+    Tick,
+}
+
+/// The shutdown, close and expiry waits of a stream, made once: making and dropping them per
+/// wake-up (a cancellation waiter registered and unlinked, a timer inserted into and removed
+/// from the wheel) cost more than writing the event. Polled only when one of them may have
+/// ended or the task's waker changed ([`SseStream::poll_live`]).
+type Waits = Pin<Box<dyn Future<Output = Stop> + Send>>;
+
 struct SseStream {
     state: AppState,
     registration: Registration,
@@ -235,61 +290,70 @@ struct SseStream {
     high: HashMap<ChannelName, Position>,
     /// Queued items taken after a `gap`, written after the snapshots that follow it.
     carry: Vec<Item>,
+    /// Items taken off the queue at a wake-up; kept (when small) for the next one.
+    items: Vec<Item>,
     /// Failed history reads in a row (the retry backs off).
     replay_failures: u32,
+    /// `None` once one of them has ended (which ends the stream).
+    waits: Option<Waits>,
+    /// The waker `waits` last registered.
+    waits_waker: Option<Waker>,
+    /// When the token expires (`waits` ends then).
     expires_at: Instant,
-    ticker: tokio::time::Interval,
+    /// The next heartbeat; re-armed a heartbeat period after each ping is written.
+    ping: Pin<Box<Sleep>>,
+    heartbeat: Duration,
     done: bool,
 }
 
 impl SseStream {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next chunk that is not a live wake-up's: the first, latest values, a replay page,
+    /// the farewell; [`Next::Live`] when what comes next is for [`SseStream::poll_live_chunk`].
+    async fn next_chunk(&mut self) -> Next {
         if self.done {
-            return None;
+            return Next::End;
         }
         if let Some(first) = self.first.take() {
-            return Some(first);
+            return Next::Chunk(first);
         }
         loop {
             if self.done {
-                return None;
+                return Next::End;
             }
             if self.registration.connection.closed.is_cancelled() {
                 self.done = true;
-                return self.registration.connection.farewell();
+                return self
+                    .registration
+                    .connection
+                    .farewell()
+                    .map_or(Next::End, Next::Chunk);
             }
             if self.snapshot_due {
                 self.snapshot_due = false;
-                let mut out = BytesMut::new();
-                // Boxed, like the replay below: an idle stream's state is sized for the wait
-                // for live events, not for a log read it did once.
+                let mut out = Out::default();
                 Box::pin(self.write_snapshots(&mut out)).await;
                 let mut carry = std::mem::take(&mut self.carry);
                 self.render(&mut carry, &mut out);
                 if out.is_empty() {
                     continue;
                 }
-                return Some(out.freeze());
+                return Next::Chunk(out.freeze());
             }
             if let Some(replay) = self.replay.take() {
                 let page = Box::pin(self.replay_page(replay)).await;
                 if page.is_empty() {
                     continue;
                 }
-                return Some(page);
+                return Next::Chunk(page);
             }
-            match self.live().await {
-                // Every queued event was already replayed: wait for more.
-                Some(chunk) if chunk.is_empty() => continue,
-                other => return other,
-            }
+            return Next::Live;
         }
     }
 
     /// One page of history; leaves `self.replay` set while more remains.
     async fn replay_page(&mut self, replay: Replay) -> Bytes {
         let channels = self.registration.connection.channels();
-        let mut out = BytesMut::new();
+        let mut out = Out::default();
         let after = match replay {
             Replay::Foreign => {
                 self.state.metrics.gaps_sent.inc();
@@ -325,7 +389,7 @@ impl SseStream {
                 let mut written = 0usize;
                 for ev in &batch.events {
                     if ev.admits(&conn.sub, &conn.roles) && self.note_event(ev) {
-                        out.extend_from_slice(&ev.frame);
+                        out.put_shared(&ev.frame);
                         written += 1;
                     }
                 }
@@ -373,7 +437,13 @@ impl SseStream {
                     () = self.state.shutdown.cancelled() => self.done = true,
                     () = conn.closed.cancelled() => self.done = true,
                     () = tokio::time::sleep(backoff) => {}
-                    _ = self.ticker.tick() => out.extend_from_slice(b": ping\n\n"),
+                    () = self.ping.as_mut() => {
+                        self.ping.as_mut().reset(Instant::now() + self.heartbeat);
+                        // A re-armed timer holds no waker until polled: have the live loop
+                        // poll it again.
+                        self.waits_waker = None;
+                        out.extend_from_slice(b": ping\n\n");
+                    }
                 }
                 self.drain_during_replay(&mut out);
             }
@@ -386,13 +456,13 @@ impl SseStream {
     /// were dropped by the hub, which marked the connection lagged rather than slow: a replay
     /// is paced by the client's reading, and the log holds what it has not read yet.)
     /// Control frames are kept.
-    fn drain_during_replay(&mut self, out: &mut BytesMut) {
+    fn drain_during_replay(&mut self, out: &mut Out) {
         let conn = self.registration.connection.clone();
         while let Some(item) = self.rx.try_recv() {
             conn.dequeued(&item);
             match item {
                 Item::Event(_) => {}
-                Item::Control(bytes) => out.extend_from_slice(&bytes),
+                Item::Control(bytes) => out.put_shared(&bytes),
                 Item::Gap(bytes) => {
                     out.extend_from_slice(&bytes);
                     self.snapshot_due = true;
@@ -405,7 +475,7 @@ impl SseStream {
     /// Writes the latest event of each of the stream's channels that has one (and that the
     /// client may see and has nothing as new of). A log that cannot be read now is logged: the
     /// live events that follow are still right, only the current values are missing.
-    async fn write_snapshots(&mut self, out: &mut BytesMut) {
+    async fn write_snapshots(&mut self, out: &mut Out) {
         let channels = self.registration.connection.channels();
         if !channels
             .iter()
@@ -425,7 +495,7 @@ impl SseStream {
 
     /// Writes `ev` as its channel's latest value, when the stream still carries the channel,
     /// the audience admits the user and nothing as new was sent on it.
-    fn write_snapshot(&mut self, ev: &Arc<Event>, out: &mut BytesMut) {
+    fn write_snapshot(&mut self, ev: &Arc<Event>, out: &mut Out) {
         let conn = &self.registration.connection;
         if !ev.admits(&conn.sub, &conn.roles)
             || self
@@ -437,7 +507,7 @@ impl SseStream {
             return;
         }
         self.remember(ev);
-        out.extend_from_slice(ev.snapshot_frame());
+        out.put_shared(ev.snapshot_frame());
     }
 
     /// Records an event about to be written; false when a snapshot as new was sent on its
@@ -477,11 +547,10 @@ impl SseStream {
         }
     }
 
-    fn render(&mut self, items: &mut Vec<Item>, out: &mut BytesMut) {
-        let conn = self.registration.connection.clone();
+    fn render(&mut self, items: &mut Vec<Item>, out: &mut Out) {
         let mut items = items.drain(..);
         while let Some(item) = items.next() {
-            conn.dequeued(&item);
+            self.registration.connection.dequeued(&item);
             match item {
                 Item::Event(ev) => {
                     if self.covered.is_some_and(|c| ev.position <= c) || !self.note_event(&ev) {
@@ -489,7 +558,7 @@ impl SseStream {
                     }
                     self.write_event(&ev, out);
                 }
-                Item::Control(bytes) => out.extend_from_slice(&bytes),
+                Item::Control(bytes) => out.put_shared(&bytes),
                 Item::Gap(bytes) => {
                     // The latest values come right after the gap; what was queued behind it is
                     // written after them (`next_chunk`).
@@ -502,55 +571,239 @@ impl SseStream {
         }
     }
 
-    fn write_event(&self, ev: &Arc<Event>, out: &mut BytesMut) {
-        out.extend_from_slice(&ev.frame);
+    fn write_event(&self, ev: &Arc<Event>, out: &mut Out) {
+        out.put_shared(&ev.frame);
         self.state
             .metrics
             .publish_to_write_seconds
             .observe(ev.accepted_at.elapsed().as_secs_f64());
     }
 
-    async fn live(&mut self) -> Option<Bytes> {
-        // Empty until items arrive: an idle stream holds no buffer.
-        let mut items = Vec::new();
-        let mut out = BytesMut::new();
-        let conn = self.registration.connection.clone();
-        tokio::select! {
-            biased;
-            () = self.state.shutdown.cancelled() => {
+    /// Polls, in order of precedence, the stops, the queue and the heartbeat.
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        // Polling the waits relocks each token's waiter list, and polling a timer re-registers
+        // its waker. Once they hold this task's waker they wake it when they end, so they are
+        // polled again only when one may have ended (flags and the clock, which are cheap to
+        // read) or the waker changed.
+        let registered = self
+            .waits_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        let now = Instant::now();
+        if let Some(waits) = self.waits.as_mut() {
+            if !registered
+                || self.state.shutdown.is_cancelled()
+                || self.registration.connection.closed.is_cancelled()
+                || now >= self.expires_at
+            {
+                if let Poll::Ready(stop) = waits.as_mut().poll(cx) {
+                    self.waits = None;
+                    self.waits_waker = None;
+                    return Poll::Ready(Wake::Stop(stop));
+                }
+            }
+        }
+        if self
+            .rx
+            .poll_recv_many(cx, &mut self.items, COALESCE)
+            .is_ready()
+        {
+            // The heartbeat may not have seen this waker yet: `waits_waker` is left as it was.
+            return Poll::Ready(Wake::Items);
+        }
+        let tick =
+            (!registered || now >= self.ping.deadline()) && self.ping.as_mut().poll(cx).is_ready();
+        if tick {
+            // Delayed, not caught up: the next ping is a full period after this one.
+            self.ping.as_mut().reset(now + self.heartbeat);
+            // A re-armed timer holds no waker until polled.
+            let _ = self.ping.as_mut().poll(cx);
+        }
+        if !registered {
+            self.waits_waker = Some(cx.waker().clone());
+        }
+        if tick {
+            Poll::Ready(Wake::Tick)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Renders what is in `self.items`, keeping the (emptied) buffer when it is small.
+    fn render_items(&mut self, out: &mut Out) {
+        let mut items = std::mem::take(&mut self.items);
+        self.render(&mut items, out);
+        if items.capacity() <= ITEMS_KEEP {
+            self.items = items;
+        }
+    }
+
+    /// Whether the next chunk comes from the live queue (or a stop), with nothing else due
+    /// first: the checks of [`SseStream::next_chunk`] before it answers [`Next::Live`].
+    fn is_live(&self) -> bool {
+        !self.done
+            && self.first.is_none()
+            && !self.snapshot_due
+            && self.replay.is_none()
+            && !self.registration.connection.closed.is_cancelled()
+    }
+
+    /// Waits for the queue, the heartbeat or a stop (an empty chunk: every queued event was
+    /// already sent).
+    fn poll_live_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.waits.is_none() {
+            // A stop was seen already (it ends the stream).
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        let Poll::Ready(wake) = self.poll_live(cx) else {
+            return Poll::Pending;
+        };
+        Poll::Ready(self.live_chunk(wake))
+    }
+
+    fn live_chunk(&mut self, wake: Wake) -> Option<Bytes> {
+        let mut out = Out::default();
+        match wake {
+            Wake::Stop(Stop::Shutdown) => {
                 // Flush what is queued, then close: clients resume by cursor.
                 while let Some(item) = self.rx.try_recv() {
-                    items.push(item);
+                    self.items.push(item);
                 }
-                self.render(&mut items, &mut out);
+                self.render_items(&mut out);
                 self.done = true;
             }
-            () = conn.closed.cancelled() => {
+            Wake::Stop(Stop::Closed) => {
                 self.done = true;
                 // Closed on purpose (revocation): say why; else (slow consumer) just end.
-                return conn.farewell();
+                return self.registration.connection.farewell();
             }
-            () = tokio::time::sleep_until(self.expires_at) => {
+            Wake::Stop(Stop::Expired) => {
                 out.extend_from_slice(&render_control("expired", &serde_json::json!({})));
                 self.done = true;
             }
-            n = self.rx.recv_many(&mut items, COALESCE) => {
-                if n == 0 {
-                    self.done = true;
-                    return None;
-                }
-                self.render(&mut items, &mut out);
+            Wake::Items => {
+                self.render_items(&mut out);
                 if out.is_empty() {
                     return Some(Bytes::from_static(b""));
                 }
             }
-            _ = self.ticker.tick() => {
-                out.extend_from_slice(b": ping\n\n");
-            }
+            Wake::Tick => out.extend_from_slice(b": ping\n\n"),
         }
         if out.is_empty() {
             return None;
         }
         Some(out.freeze())
+    }
+}
+
+/// The response body: a live wake-up is served in place, by [`SseStream::poll_live_chunk`];
+/// anything else (the first chunk, latest values, replay pages, the end) by
+/// [`SseStream::next_chunk`], which takes the stream and gives it back. (A stream built with
+/// `unfold` moved its whole state into and out of a new future at every chunk.) An idle
+/// stream is live: no future is held for it.
+struct SseBody {
+    /// `None` while `slow` has it, and once the stream has ended.
+    stream: Option<Box<SseStream>>,
+    slow: Option<SlowChunk>,
+}
+
+type SlowChunk = Pin<Box<dyn Future<Output = (Box<SseStream>, Next)> + Send>>;
+
+impl futures_util::Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let chunk = if let Some(slow) = this.slow.as_mut() {
+                let Poll::Ready((stream, next)) = slow.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.slow = None;
+                this.stream = Some(stream);
+                match next {
+                    Next::Chunk(chunk) => Some(chunk),
+                    Next::End => None,
+                    Next::Live => continue,
+                }
+            } else {
+                let Some(stream) = this.stream.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if !stream.is_live() {
+                    let Some(mut stream) = this.stream.take() else {
+                        return Poll::Ready(None);
+                    };
+                    this.slow = Some(Box::pin(async move {
+                        let next = stream.next_chunk().await;
+                        (stream, next)
+                    }));
+                    continue;
+                }
+                let Poll::Ready(chunk) = stream.poll_live_chunk(cx) else {
+                    return Poll::Pending;
+                };
+                match chunk {
+                    // Every queued event was already replayed: wait for more.
+                    Some(chunk) if chunk.is_empty() => continue,
+                    other => other,
+                }
+            };
+            let Some(chunk) = chunk else {
+                this.stream = None;
+                return Poll::Ready(None);
+            };
+            if let Some(stream) = this.stream.as_ref() {
+                stream
+                    .state
+                    .metrics
+                    .sse_bytes_written
+                    .inc_by(chunk.len() as u64);
+            }
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+    }
+}
+
+/// A chunk being rendered. A chunk of one shared frame (the usual live wake-up: one event) is
+/// that frame itself, not a copy; a second piece copies both into a buffer.
+#[derive(Default)]
+struct Out {
+    shared: Option<Bytes>,
+    buf: BytesMut,
+}
+
+impl Out {
+    /// Appends a frame that is shared (an event's): kept as is while it is the only piece.
+    fn put_shared(&mut self, frame: &Bytes) {
+        if self.shared.is_none() && self.buf.is_empty() {
+            self.shared = Some(frame.clone());
+        } else {
+            self.extend_from_slice(frame);
+        }
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if let Some(shared) = self.shared.take() {
+            self.buf.reserve(shared.len() + bytes.len());
+            self.buf.extend_from_slice(&shared);
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn len(&self) -> usize {
+        self.shared.as_ref().map_or(self.buf.len(), Bytes::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn freeze(self) -> Bytes {
+        match self.shared {
+            Some(shared) => shared,
+            None => self.buf.freeze(),
+        }
     }
 }

@@ -13,20 +13,21 @@
 //! back ([`Outcome::Handoff`]) with the bytes already read, for hyper to serve unchanged. So is
 //! the connection after a response has finished and the client keeps it alive.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, HttpBody};
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tower::ServiceExt;
 
 use crate::egress::TransportKill;
@@ -42,8 +43,6 @@ const MAX_HEADERS: usize = 48;
 /// Bytes a client may send while its stream is open (a pipelined request, kept for after the
 /// stream); more closes the connection.
 const MAX_STASH: usize = 8 * 1024;
-/// Most bytes gathered into one write from body chunks that are ready at once.
-const MAX_WRITE: usize = 64 * 1024;
 
 /// What became of a connection.
 pub(super) enum Outcome {
@@ -137,7 +136,14 @@ pub(super) async fn serve(
     let mut stash = Vec::new();
     let ended = if bodiless {
         let mut out = out;
-        write(&mut tcp, &mut out, &kill).await
+        let killed = kill.cancelled();
+        tokio::pin!(killed);
+        let mut killed = Killed {
+            token: &kill,
+            wait: killed,
+            waker: None,
+        };
+        write(&mut tcp, &mut out, &mut killed).await
     } else {
         pump(&mut tcp, body, out, chunked, &kill, &mut stash).await
     };
@@ -150,6 +156,11 @@ pub(super) async fn serve(
 /// Writes the body to `tcp`, chunked or as is, after what `out` holds (the response head).
 /// Meanwhile the socket is read, so that a client that goes away ends the stream at once
 /// (bytes it sends are kept in `stash`). True when the body was written to its end.
+///
+/// Each body chunk is written as it comes, between its chunk-size line and CRLF, in one
+/// vectored write: no copy and no allocation per chunk. The body gathers itself (a stream's
+/// chunk carries everything queued at its wake-up), so probing it for a second chunk before
+/// writing would cost every wake-up a second poll of the stream for nothing.
 async fn pump(
     tcp: &mut TcpStream,
     body: Body,
@@ -160,17 +171,24 @@ async fn pump(
 ) -> bool {
     let mut data = body.into_data_stream();
     let mut probe = [0u8; 64];
+    // Made once: a cancellation waiter registered and unlinked per write costs more than the
+    // write's own work.
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
+    let mut killed = Killed {
+        token: kill,
+        wait: killed,
+        waker: None,
+    };
+    if !write(tcp, &mut out, &mut killed).await {
+        return false;
+    }
+    // Release the head's buffer while the stream is open.
+    drop(out);
     loop {
-        if !out.is_empty() {
-            if !write(tcp, &mut out, kill).await {
-                return false;
-            }
-            // Release the write buffer while idle.
-            out = BytesMut::new();
-        }
         let next = tokio::select! {
             biased;
-            () = kill.cancelled() => return false,
+            () = &mut killed => return false,
             r = tcp.read(&mut probe) => match r {
                 Ok(0) | Err(_) => return false,
                 Ok(n) => {
@@ -183,53 +201,122 @@ async fn pump(
             },
             next = data.next() => next,
         };
-        // Everything the body has ready now goes into one write (bounded).
-        let mut next = next;
-        loop {
-            match next {
-                Some(Ok(chunk)) => put_chunk(&mut out, &chunk, chunked),
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "response body failed; dropping the connection");
+        match next {
+            Some(Ok(chunk)) => {
+                if !write_chunk(tcp, chunk, chunked, &mut killed).await {
                     return false;
                 }
-                None => {
-                    if chunked {
-                        out.extend_from_slice(b"0\r\n\r\n");
-                    }
-                    return write(tcp, &mut out, kill).await;
-                }
             }
-            if out.len() >= MAX_WRITE {
-                break;
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; dropping the connection");
+                return false;
             }
-            match data.next().now_or_never() {
-                Some(more) => next = more,
-                None => break,
+            None => {
+                let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
+                let mut end = BytesMut::from(end);
+                return write(tcp, &mut end, &mut killed).await;
             }
         }
     }
 }
 
 /// Writes all of `out`; false when the connection failed or was killed meanwhile.
-async fn write(tcp: &mut TcpStream, out: &mut BytesMut, kill: &CancellationToken) -> bool {
+async fn write(tcp: &mut TcpStream, out: &mut BytesMut, killed: &mut Killed<'_, '_>) -> bool {
     tokio::select! {
         biased;
-        () = kill.cancelled() => false,
+        () = killed => false,
         r = tcp.write_all_buf(out) => r.is_ok(),
     }
 }
 
-fn put_chunk(out: &mut BytesMut, chunk: &[u8], chunked: bool) {
+/// Writes one body chunk (framed when `chunked`) without copying it; false when the connection
+/// failed or was killed meanwhile.
+async fn write_chunk(
+    tcp: &mut TcpStream,
+    chunk: Bytes,
+    chunked: bool,
+    killed: &mut Killed<'_, '_>,
+) -> bool {
     if chunk.is_empty() {
-        return;
+        // An empty chunk would end a chunked body.
+        return true;
     }
-    if chunked {
-        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        out.extend_from_slice(chunk);
-        out.extend_from_slice(b"\r\n");
+    let mut size = [0u8; 18];
+    let size_len = if chunked {
+        chunk_size_line(&mut size, chunk.len())
     } else {
-        out.extend_from_slice(chunk);
+        0
+    };
+    let trailer: &[u8] = if chunked { b"\r\n" } else { b"" };
+    let parts: [&[u8]; 3] = [&size[..size_len], &chunk, trailer];
+    let total = parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut done = 0usize;
+    let writing = std::future::poll_fn(|cx| {
+        while done < total {
+            let mut skip = done;
+            let mut slices = [io::IoSlice::new(&[]); 3];
+            let mut n = 0;
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                slices[n] = io::IoSlice::new(&part[skip..]);
+                skip = 0;
+                n += 1;
+            }
+            match Pin::new(&mut *tcp).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(false),
+                Poll::Ready(Ok(written)) => done += written,
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(true)
+    });
+    tokio::select! {
+        biased;
+        () = killed => false,
+        ok = writing => ok,
     }
+}
+
+/// Waits for a connection's kill. Its waiter is registered once (again only when the task's
+/// waker changes) and then checked by the token's flag: re-polling a registered waiter relocks
+/// the token's waiter list at every wake-up of the stream.
+struct Killed<'t, 'w> {
+    token: &'t CancellationToken,
+    wait: Pin<&'w mut WaitForCancellationFuture<'t>>,
+    waker: Option<Waker>,
+}
+
+impl Future for Killed<'_, '_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let polled = this.wait.as_mut().poll(cx);
+        this.waker = Some(cx.waker().clone());
+        polled
+    }
+}
+
+/// Writes `len` in hex followed by CRLF into `buf`; returns the bytes used.
+fn chunk_size_line(buf: &mut [u8; 18], len: usize) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        buf[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    buf[digits] = b'\r';
+    buf[digits + 1] = b'\n';
+    digits + 2
 }
 
 fn write_head(
@@ -409,6 +496,23 @@ mod tests {
         let head =
             stream("GET /api/sse HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").unwrap();
         assert!(head.close);
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for (len, line) in [
+            (0, "0\r\n"),
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (300, "12c\r\n"),
+            (65_536, "10000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let mut buf = [0u8; 18];
+            let n = chunk_size_line(&mut buf, len);
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), line);
+        }
     }
 
     #[test]
