@@ -4,6 +4,8 @@
 mod memory;
 mod redis;
 
+pub(crate) use redis::connection as redis_connection;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 

@@ -402,6 +402,26 @@ struct Tail {
     recovering: bool,
 }
 
+/// The client and the lazily connecting connection manager for `broker.url`: every command
+/// answers within `broker.timeout_ms` (or fails), with one quick reconnect attempt.
+///
+/// # Errors
+/// When the URL is invalid.
+pub(crate) fn connection(
+    broker: &BrokerConfig,
+) -> anyhow::Result<(redis::Client, ConnectionManager)> {
+    let client = redis::Client::open(broker.url.as_str())
+        .map_err(|e| anyhow::anyhow!("broker.url {:?}: {e}", broker.url))?;
+    let timeout = Duration::from_millis(broker.timeout_ms.max(1));
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+    Ok((client, conn))
+}
+
 impl RedisLog {
     /// Connects and starts the tailing reader on `tasks` (so a shutdown waits for it).
     ///
@@ -417,15 +437,8 @@ impl RedisLog {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(broker.url.as_str())
-            .map_err(|e| anyhow::anyhow!("broker.url {:?}: {e}", broker.url))?;
+        let (client, conn) = connection(broker)?;
         let timeout = Duration::from_millis(broker.timeout_ms.max(1));
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         // `{prefix}`: one hash tag for every key of this log, so they share a cluster slot.
         let tag = format!("{{{}}}", broker.key_prefix);
         let (jobs, queued) = mpsc::channel(APPEND_QUEUE);

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
@@ -118,15 +118,8 @@ impl RedisCarrier {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(broker.url.as_str())
-            .map_err(|e| anyhow::anyhow!("broker.url {:?}: {e}", broker.url))?;
+        let (client, conn) = crate::broker::redis_connection(broker)?;
         let timeout = Duration::from_millis(broker.timeout_ms.max(1));
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let tag = format!("{{{}}}", broker.key_prefix);
         let carrier = Arc::new(Self {
             client,
