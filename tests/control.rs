@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::private_redis::PrivateRedis;
 use common::{now_secs, publish, req, test_publishers, SseReader, TestGateway, WAIT};
 use serde_json::{json, Value};
 use sse_gateway::config::{BrokerKind, RawConfig};
@@ -419,78 +420,6 @@ async fn control_refuses_other_certificates_and_bad_input() {
     ] {
         let name = format!("sse_gateway_control_calls_total{{{labels}}}");
         assert_eq!(common::metric_value(&text, &name), n, "{name}");
-    }
-}
-
-/// A `redis-server` of this test alone that can be frozen (SIGSTOP). Killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        for _ in 0..5 {
-            let addr = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            let mut child = std::process::Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server is installed");
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break; // the port was taken meanwhile: try another
-                }
-                if let Ok(mut c) = redis::Client::open(format!("redis://{addr}"))
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut c).await;
-                    if pong.is_ok() {
-                        return Self {
-                            child,
-                            addr,
-                            _dir: dir,
-                        };
-                    }
-                }
-                assert!(Instant::now() < deadline, "private redis-server answers");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        panic!("could not start a private redis-server");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::private_redis::PrivateRedis;
 use common::{publish, req, TestGateway, WAIT};
 use serde_json::json;
 use sse_gateway::ingest::pb::PublishBatchRequest;
@@ -398,93 +399,6 @@ async fn events_past_max_age_are_reported_as_gap() {
         } else {
             assert!(frame.is_message(), "{:?}", frame.raw);
         }
-    }
-}
-
-/// A `redis-server` of this test alone, on an ephemeral port in a temporary directory, that can
-/// be paused (SIGSTOP) and resumed (SIGCONT). Killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        for _ in 0..5 {
-            let addr = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            let mut child = std::process::Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server is installed");
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break; // the port was taken meanwhile: try another
-                }
-                let client = redis::Client::open(format!("redis://{addr}")).unwrap();
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut c).await;
-                    if pong.is_ok() {
-                        return Self {
-                            child,
-                            addr,
-                            _dir: dir,
-                        };
-                    }
-                }
-                assert!(Instant::now() < deadline, "private redis-server answers");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        panic!("could not start a private redis-server");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    /// Freezes the server: connections stay open, commands queue up unanswered.
-    fn stop(&self) {
-        self.signal("-STOP");
-    }
-
-    fn cont(&self) {
-        self.signal("-CONT");
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::{hs256, metric_value, now_secs, publish, publish_err, req, SseReader, WAIT};
+use common::{
+    hs256, metric_value, now_secs, publish, publish_err, req, KillOnDrop, SseReader, WAIT,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
@@ -283,14 +285,16 @@ async fn sighup_reloads_the_jwt_secret_of_the_running_binary() {
     );
     std::fs::write(d.join("jwt-secret"), old_secret).unwrap();
     let file = config_file(d, &[("l5-etl-service", "logs:**")]);
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop::new(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.child().stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map(|_| line)
@@ -329,6 +333,7 @@ async fn sighup_reloads_the_jwt_secret_of_the_running_binary() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+    let mut child = child.into_inner();
     let exit = tokio::task::spawn_blocking(move || child.wait());
     let exit = tokio::time::timeout(WAIT * 2, exit)
         .await

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{hs256, now_secs, SseReader, WAIT};
+use common::{hs256, now_secs, KillOnDrop, SseReader, WAIT};
 use serde_json::json;
 use sse_gateway::ingest::pb::PublishRequest;
 
@@ -29,14 +29,16 @@ async fn sigterm_flushes_and_closes_streams_cleanly() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(dir.path().join("gw.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop::new(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("gw.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.child().stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).map(|_| line)
@@ -98,6 +100,7 @@ async fn sigterm_flushes_and_closes_streams_cleanly() {
         assert_eq!(&stream.next_data(WAIT).await.id, id);
     }
     stream.expect_end(WAIT).await;
+    let mut child = child.into_inner();
     let exit = tokio::task::spawn_blocking(move || child.wait());
     let exit = tokio::time::timeout(Duration::from_secs(15), exit)
         .await

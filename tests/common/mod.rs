@@ -5,6 +5,8 @@
 //! and fail the test with context when it passes.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod private_redis;
+
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
@@ -750,4 +752,36 @@ pub async fn error_body(resp: reqwest::Response) -> String {
         .unwrap_or_else(|| panic!("no error string: {text}"));
     assert!(!msg.is_empty());
     msg.to_owned()
+}
+
+/// A spawned process that is killed when dropped, so a test that fails half-way leaves no
+/// gateway running behind it.
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the child is held until into_inner")
+    }
+
+    /// The process, no longer killed on drop (to wait for its own exit).
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("the child is held until into_inner")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
