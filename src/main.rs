@@ -13,6 +13,14 @@ use sse_gateway::auth::jwt::{mint_hs256, Claims};
 use sse_gateway::config::{self, BrokerKind, Config, JwtKey, Overrides};
 use sse_gateway::ingest::pb::PublishRequest;
 
+/// mimalloc instead of glibc's malloc: a unary `Publish` allocates and frees a few hundred
+/// small blocks across hyper, h2, rustls and tonic, and with glibc those calls were ~1/6 of its
+/// instructions. Measured with `loadgen ingest --mode unary --concurrency 64`, three alternating
+/// runs each: 37.5 k → 42.4 k calls/s; idle streams 3.78 → 3.87 KiB each, and the empty
+/// process's RSS 17 → 31 MiB (mimalloc's per-thread heaps).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sse-gateway",
