@@ -512,17 +512,26 @@ async fn sub_placeholder_grants_only_the_users_own_channel() {
     assert_eq!(resp.status(), 401, "an empty sub is not a user");
 }
 
-/// A token whose `exp` has passed by less than the leeway is refused the same way by every
-/// endpoint (a stream it opened would end with `expired` at once).
+/// A token whose `exp` has passed by less than `jwt.leeway_secs` is honoured the same way by
+/// every endpoint until the leeway ends, and a stream it opens ends with `expired` then, not at
+/// once (a client that reconnects with the same token would loop); past the leeway it is
+/// refused everywhere.
 #[tokio::test]
-async fn a_token_expired_within_the_leeway_is_refused_everywhere() {
-    let gw = TestGateway::spawn(|_| {}).await;
+async fn a_token_expired_within_the_leeway_is_honoured_until_the_leeway_ends() {
+    let gw = TestGateway::spawn(|c| c.jwt.leeway_secs = 8).await;
     let live = gw.token("alice", &["metrics:*"], &["admin"], 600);
     let (_stream, ready) = gw.open(PATH, &live, None).await;
-    let just_expired = gw.token("alice", &["metrics:*"], &["admin"], -5);
 
-    let msg = assert_401(&gw, Some(&just_expired), "open").await;
-    assert!(msg.contains("token expired"), "{msg}");
+    // exp 2 s ago, leeway 8 s: honoured for ~6 s more.
+    let just_expired = gw.token("alice", &["metrics:*"], &["admin"], -2);
+    let (mut stream, _) = gw.open(PATH, &just_expired, None).await;
+    let mut publisher = gw.publisher("l5-etl-service").await;
+    let sent = publish(&mut publisher, req("metrics:ws1", &json!({"n": 1}))).await;
+    assert_eq!(
+        stream.next_data(WAIT).await.id,
+        sent.id,
+        "the stream carries events before the leeway ends"
+    );
 
     let session = gw
         .http
@@ -531,8 +540,19 @@ async fn a_token_expired_within_the_leeway_is_refused_everywhere() {
         .send()
         .await
         .unwrap();
-    assert_eq!(session.status(), 401, "session");
-    assert!(error_body(session).await.contains("token expired"));
+    assert_eq!(session.status(), 204, "session");
+    let set_cookie = session.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let (_, _, attrs) = cookie_attrs(&set_cookie);
+    let max_age: i64 = attrs
+        .iter()
+        .find_map(|a| a.strip_prefix("Max-Age="))
+        .expect("Max-Age")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=6).contains(&max_age),
+        "Max-Age {max_age}: no longer than what is left of the leeway"
+    );
 
     let change = gw
         .http
@@ -542,10 +562,41 @@ async fn a_token_expired_within_the_leeway_is_refused_everywhere() {
         .send()
         .await
         .unwrap();
+    assert_eq!(change.status(), 200, "subscriptions");
+    let admin = gw.get("/admin/connections", Some(&just_expired)).await;
+    assert_eq!(admin.status(), 200, "admin");
+
+    // The stream ends when the leeway does.
+    let expired = stream
+        .next_control("expired", std::time::Duration::from_secs(20))
+        .await;
+    assert!(expired.is_object(), "{expired}");
+    stream.expect_end(WAIT).await;
+
+    // exp 9 s ago: past the leeway, refused everywhere.
+    let past = gw.token("alice", &["metrics:*"], &["admin"], -9);
+    let msg = assert_401(&gw, Some(&past), "open").await;
+    assert!(msg.contains("token expired"), "{msg}");
+    let session = gw
+        .http
+        .post(gw.url("/api/sse/session"))
+        .bearer_auth(&past)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), 401, "session");
+    assert!(error_body(session).await.contains("token expired"));
+    let change = gw
+        .http
+        .post(gw.url("/api/sse/subscriptions"))
+        .bearer_auth(&past)
+        .json(&json!({"connection_id": ready.connection_id, "add": ["metrics:ws2"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(change.status(), 401, "subscriptions");
     assert!(error_body(change).await.contains("token expired"));
-
-    let admin = gw.get("/admin/connections", Some(&just_expired)).await;
+    let admin = gw.get("/admin/connections", Some(&past)).await;
     assert_eq!(admin.status(), 401, "admin");
     assert!(error_body(admin).await.contains("token expired"));
 }

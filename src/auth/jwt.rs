@@ -37,7 +37,10 @@ pub struct Subscriber {
     pub patterns: Vec<ChannelPattern>,
     /// Roles.
     pub roles: Vec<String>,
-    /// Token expiry, seconds since the Unix epoch.
+    /// When the gateway stops honouring the token, seconds since the Unix epoch: its `exp`, or,
+    /// for a token accepted within the leeway after its `exp`, `exp` + leeway (so that a stream
+    /// it opens is not ended by `event: expired` at once). Streams end and session cookies
+    /// expire then.
     pub exp: u64,
     /// When the token was issued (`iat`, seconds since the Unix epoch), when it says so as a
     /// number; a revocation of the user's tokens refuses those issued before it.
@@ -162,8 +165,7 @@ impl JwtVerifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = cfg.leeway_secs;
         validation.validate_nbf = true;
-        // `exp` and `sub` are checked in `claims_of`, which can say what is wrong with them; `exp`
-        // without leeway, since a stream closes at `exp` (see `claims_of`).
+        // `exp` and `sub` are checked in `claims_of`, which can say what is wrong with them.
         validation.validate_exp = false;
         // A configured issuer or audience must be present in the token, not merely match when present.
         let mut required = Vec::new();
@@ -245,7 +247,8 @@ impl JwtVerifier {
             }),
             _ => None,
         });
-        let claims = claims_of(data.claims, crate::event::now_ms() / 1000).map_err(unauth)?;
+        let now = crate::event::now_ms() / 1000;
+        let claims = claims_of(data.claims, now, self.validation.leeway).map_err(unauth)?;
         let patterns = claims
             .channels
             .iter()
@@ -261,7 +264,11 @@ impl JwtVerifier {
             sub: claims.sub,
             patterns,
             roles: claims.roles,
-            exp: claims.exp,
+            exp: if claims.exp > now {
+                claims.exp
+            } else {
+                claims.exp.saturating_add(self.validation.leeway)
+            },
             iat,
             token: BearerToken(token.into()),
         })
@@ -301,13 +308,12 @@ impl From<serde_json::Map<String, serde_json::Value>> for RawClaims {
 
 /// Checks the claims of a verified token at `now` (seconds since the Unix epoch).
 ///
-/// `exp` is enforced without leeway, by every endpoint alike: a token is expired from its
-/// `exp` on, since a stream it opened would be closed by `event: expired` at once (the
-/// configured leeway covers clock skew on `nbf`).
+/// `exp` is enforced with the configured leeway (clock skew between the issuer and the
+/// gateway), by every endpoint alike: a token is expired from `exp + leeway` on.
 ///
 /// # Errors
 /// A message naming the claim that is missing, of the wrong type or expired.
-fn claims_of(raw: RawClaims, now: u64) -> Result<Claims, &'static str> {
+fn claims_of(raw: RawClaims, now: u64, leeway: u64) -> Result<Claims, &'static str> {
     use serde_json::Value;
     let exp = match raw.exp {
         None => return Err("token has no exp claim"),
@@ -325,7 +331,7 @@ fn claims_of(raw: RawClaims, now: u64) -> Result<Claims, &'static str> {
         Some(Value::String(s)) => s,
         Some(_) => return Err("token sub claim must be a string"),
     };
-    if exp <= now {
+    if exp.saturating_add(leeway) <= now {
         return Err("token expired");
     }
     let strings = |v: Option<Value>, err: &'static str| match v {
@@ -378,7 +384,7 @@ impl JwtVerifier {
         if raw.nbf.as_ref().is_some_and(|v| !v.is_number()) {
             return "token nbf claim is not a number";
         }
-        claims_of(raw, crate::event::now_ms() / 1000)
+        claims_of(raw, crate::event::now_ms() / 1000, self.validation.leeway)
             .err()
             .unwrap_or("malformed token")
     }
@@ -469,10 +475,15 @@ mod tests {
             ),
         ];
         for (claims, want) in cases {
-            let err = claims_of(raw(claims.clone()), now).unwrap_err();
+            let err = claims_of(raw(claims.clone()), now, 0).unwrap_err();
             assert!(err.contains(want), "{claims}: {err}");
         }
-        let ok = claims_of(raw(json!({"sub": "a", "exp": 1001.5, "roles": ["x"]})), now).unwrap();
+        let ok = claims_of(
+            raw(json!({"sub": "a", "exp": 1001.5, "roles": ["x"]})),
+            now,
+            0,
+        )
+        .unwrap();
         assert_eq!((ok.exp, ok.roles), (1001, vec!["x".to_owned()]));
     }
 
@@ -525,10 +536,26 @@ mod tests {
     }
 
     #[test]
-    fn expired_within_the_leeway_is_expired() {
+    fn expired_within_the_leeway_is_honoured_until_the_leeway_ends() {
         let v = verifier("s3cret");
-        let token = mint_hs256(b"s3cret", &claims(-5)).unwrap();
-        assert_eq!(v.verify(&token).unwrap_err().to_string(), "token expired");
+        let now = crate::event::now_ms() / 1000;
+        let live = v
+            .verify(&mint_hs256(b"s3cret", &claims(60)).unwrap())
+            .unwrap();
+        assert!(
+            live.exp.abs_diff(now + 60) <= 1,
+            "a live token ends at its exp"
+        );
+        let within = v
+            .verify(&mint_hs256(b"s3cret", &claims(-5)).unwrap())
+            .unwrap();
+        assert!(
+            within.exp.abs_diff(now - 5 + 30) <= 1,
+            "ends when the 30 s leeway does: {} (now {now})",
+            within.exp
+        );
+        let past = mint_hs256(b"s3cret", &claims(-31)).unwrap();
+        assert_eq!(v.verify(&past).unwrap_err().to_string(), "token expired");
     }
 
     #[test]
