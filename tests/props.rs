@@ -692,12 +692,18 @@ fn strings(max: usize) -> BoxedStrategy<Value> {
 
 fn claims() -> impl Strategy<Value = Value> {
     let now = i64::try_from(now_secs()).unwrap();
+    let leeway = i64::try_from(LEEWAY).unwrap();
     (
         claim("[a-z@.]{0,10}".prop_map(Value::String).boxed()),
         claim(
-            prop_oneof![now - 1000..now - 10, now + 10..now + 100_000]
-                .prop_map(Value::from)
-                .boxed(),
+            // Long expired, expired within the leeway (still honoured), live.
+            prop_oneof![
+                now - 1000..now - 10,
+                now - leeway + 5..now - 5,
+                now + 10..now + 100_000
+            ]
+            .prop_map(Value::from)
+            .boxed(),
         ),
         claim(
             prop_oneof![now - 1000..now, now + 60..now + 1000]
@@ -740,8 +746,10 @@ fn problems(claims: &Value) -> Option<Vec<&'static str>> {
                 .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64));
             match secs {
                 None => out.push("token exp claim must be a non-negative number of seconds"),
-                Some(s) if s.abs_diff(now) < 5 => return None,
-                Some(s) if s <= now => out.push("token expired"),
+                Some(s) if s.abs_diff(now) < 5 || s.saturating_add(LEEWAY).abs_diff(now) < 5 => {
+                    return None
+                }
+                Some(s) if s.saturating_add(LEEWAY) <= now => out.push("token expired"),
                 Some(_) => {}
             }
         }
@@ -800,6 +808,12 @@ proptest! {
                 prop_assert_eq!(Some(user.sub.as_str()), claims["sub"].as_str());
                 let n = claims.get("channels").and_then(Value::as_array).map_or(0, Vec::len);
                 prop_assert!(user.patterns.len() <= n);
+                // Honoured until its exp, or until the leeway ends for one past its exp.
+                let exp = claims["exp"].as_u64().or_else(|| claims["exp"].as_f64().map(|f| f as u64));
+                if let Some(exp) = exp {
+                    let end = if exp > now_secs() { exp } else { exp.saturating_add(LEEWAY) };
+                    prop_assert_eq!(user.exp, end, "for {}", claims);
+                }
             }
             Err(GatewayError::Unauthenticated(msg)) => {
                 prop_assert!(CLAIM_ERRORS.contains(&msg.as_str()), "unexpected {:?} for {}", msg, claims);
