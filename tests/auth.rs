@@ -360,6 +360,16 @@ async fn malformed_channels_in_the_query_are_400() {
     assert_eq!(resp.status(), 401);
 }
 
+/// The `Max-Age` attribute of a cookie's attributes, in seconds.
+fn max_age(attrs: &[String]) -> i64 {
+    attrs
+        .iter()
+        .find_map(|a| a.strip_prefix("Max-Age="))
+        .expect("Max-Age")
+        .parse()
+        .unwrap()
+}
+
 fn cookie_attrs(set_cookie: &str) -> (String, String, Vec<String>) {
     let mut parts = set_cookie.split(';').map(str::trim);
     let (name, value) = parts.next().unwrap().split_once('=').unwrap();
@@ -393,12 +403,7 @@ async fn session_cookie_authenticates_the_stream() {
         !attrs.iter().any(|a| a == "Secure"),
         "no Secure over plain HTTP"
     );
-    let max_age: i64 = attrs
-        .iter()
-        .find_map(|a| a.strip_prefix("Max-Age="))
-        .expect("Max-Age")
-        .parse()
-        .unwrap();
+    let max_age = max_age(&attrs);
     assert!(
         (1..=600).contains(&max_age),
         "Max-Age {max_age} within the token's remaining life"
@@ -543,12 +548,7 @@ async fn a_token_expired_within_the_leeway_is_honoured_until_the_leeway_ends() {
     assert_eq!(session.status(), 204, "session");
     let set_cookie = session.headers()["set-cookie"].to_str().unwrap().to_owned();
     let (_, _, attrs) = cookie_attrs(&set_cookie);
-    let max_age: i64 = attrs
-        .iter()
-        .find_map(|a| a.strip_prefix("Max-Age="))
-        .expect("Max-Age")
-        .parse()
-        .unwrap();
+    let max_age = max_age(&attrs);
     assert!(
         (1..=6).contains(&max_age),
         "Max-Age {max_age}: no longer than what is left of the leeway"
