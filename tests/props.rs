@@ -732,6 +732,13 @@ fn claims() -> impl Strategy<Value = Value> {
         })
 }
 
+/// The `exp` claim in whole seconds, as `verify` reads it; `None` when it is not a non-negative number.
+fn exp_secs(claims: &Value) -> Option<u64> {
+    let exp = claims.get("exp")?;
+    exp.as_u64()
+        .or_else(|| exp.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+}
+
 /// What is wrong with a claim set, as `verify` words it; `None` when the time is too close to a
 /// boundary to say.
 fn problems(claims: &Value) -> Option<Vec<&'static str>> {
@@ -740,19 +747,14 @@ fn problems(claims: &Value) -> Option<Vec<&'static str>> {
     let mut out = Vec::new();
     match get("exp") {
         None => out.push("token has no exp claim"),
-        Some(Value::Number(n)) => {
-            let secs = n
-                .as_u64()
-                .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64));
-            match secs {
-                None => out.push("token exp claim must be a non-negative number of seconds"),
-                Some(s) if s.abs_diff(now) < 5 || s.saturating_add(LEEWAY).abs_diff(now) < 5 => {
-                    return None
-                }
-                Some(s) if s.saturating_add(LEEWAY) <= now => out.push("token expired"),
-                Some(_) => {}
+        Some(Value::Number(_)) => match exp_secs(claims) {
+            None => out.push("token exp claim must be a non-negative number of seconds"),
+            Some(s) if s.abs_diff(now) < 5 || s.saturating_add(LEEWAY).abs_diff(now) < 5 => {
+                return None
             }
-        }
+            Some(s) if s.saturating_add(LEEWAY) <= now => out.push("token expired"),
+            Some(_) => {}
+        },
         Some(_) => out.push("token exp claim must be a number (seconds since the epoch)"),
     }
     match get("sub") {
@@ -809,8 +811,7 @@ proptest! {
                 let n = claims.get("channels").and_then(Value::as_array).map_or(0, Vec::len);
                 prop_assert!(user.patterns.len() <= n);
                 // Honoured until its exp, or until the leeway ends for one past its exp.
-                let exp = claims["exp"].as_u64().or_else(|| claims["exp"].as_f64().map(|f| f as u64));
-                if let Some(exp) = exp {
+                if let Some(exp) = exp_secs(&claims) {
                     let end = if exp > now_secs() { exp } else { exp.saturating_add(LEEWAY) };
                     prop_assert_eq!(user.exp, end, "for {}", claims);
                 }
